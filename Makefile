@@ -1,0 +1,27 @@
+# Two commands for a fresh machine: `make demo` (the main job) and `make test`.
+# Both set up .venv on first run (scripts/setup_env.sh; later runs skip it).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-slow demo bench miniature clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+miniature: setup
+	$(PY) -m training.miniature $(MINIATURE_ARGS)
+
+clean:
+	rm -rf .venv build .pytest_cache

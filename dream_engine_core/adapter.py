@@ -1,0 +1,100 @@
+"""Adapters from the LMM's hidden states to SD3.5's conditioning.
+
+Two maps share one module layout (the release's key names):
+
+* ``input_embeds_align_mlp``: every token ``[B, L, lmm_dim]`` → ``[B, L, token_dim]``
+* ``condition_embeds_align_mlp``: the mean over tokens ``[B, lmm_dim]`` → ``[B, pooled_dim]``
+
+each ``Linear(lmm_dim, hidden_dim) → SiLU → Linear(hidden_dim, out)`` with no norm.
+
+* **direct** map (the released model): ``token_dim = pooled_dim = 2432`` (the DiT's
+  hidden width). The tokens go straight into the joint blocks and the vector is added
+  to the timestep embedding; the DiT's ``context_embedder`` and ``y_embedder`` are
+  bypassed (the nodes patch them to identity).
+* **standard** map: ``token_dim = 4096``, ``pooled_dim = 2048`` — the widths of
+  SD3.5's own text conditioning, so an unmodified SD3.5 consumes the output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import torch
+from torch import nn
+
+MAP_KINDS = ("direct", "standard")
+POOLINGS = ("mean", "masked_mean")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    kind: str = "direct"
+    lmm_dim: int = 1536
+    hidden_dim: int = 4096
+    token_dim: int = 2432
+    pooled_dim: int = 2432
+    lmm: str = "Qwen2-VL-2B-Instruct"
+
+    def __post_init__(self):
+        if self.kind not in MAP_KINDS:
+            raise ValueError(f"adapter kind must be one of {MAP_KINDS}, got {self.kind!r}")
+        for name in ("lmm_dim", "hidden_dim", "token_dim", "pooled_dim"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"adapter {name} must be positive")
+
+    @classmethod
+    def direct(cls, dit_hidden: int = 2432, lmm_dim: int = 1536, hidden_dim: int = 4096, **kw):
+        return cls("direct", lmm_dim, hidden_dim, dit_hidden, dit_hidden, **kw)
+
+    @classmethod
+    def standard(cls, lmm_dim: int = 1536, hidden_dim: int = 4096, token_dim: int = 4096,
+                 pooled_dim: int = 2048, **kw):
+        return cls("standard", lmm_dim, hidden_dim, token_dim, pooled_dim, **kw)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def expected_shapes(self) -> dict[str, tuple]:
+        """Every key of the state dict with its shape."""
+        out = {}
+        for name, o in (("input_embeds_align_mlp", self.token_dim), ("condition_embeds_align_mlp", self.pooled_dim)):
+            out[f"{name}.0.weight"] = (self.hidden_dim, self.lmm_dim)
+            out[f"{name}.0.bias"] = (self.hidden_dim,)
+            out[f"{name}.2.weight"] = (o, self.hidden_dim)
+            out[f"{name}.2.bias"] = (o,)
+        return out
+
+
+def _mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, o))
+
+
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str = "mean") -> torch.Tensor:
+    """Mean over the token axis: ``mean`` over every position (the release, pads
+    included) or ``masked_mean`` over the positions the mask keeps."""
+    if pooling == "mean" or attention_mask is None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        return hidden.mean(dim=1)
+    if pooling != "masked_mean":
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
+
+
+class Adapter(nn.Module):
+    def __init__(self, spec: AdapterSpec):
+        super().__init__()
+        self.spec = spec
+        self.input_embeds_align_mlp = _mlp(spec.lmm_dim, spec.hidden_dim, spec.token_dim)
+        self.condition_embeds_align_mlp = _mlp(spec.lmm_dim, spec.hidden_dim, spec.pooled_dim)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pooling: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden [B, L, lmm_dim]`` → ``(tokens [B, L, token_dim], pooled [B, pooled_dim])``."""
+        if hidden.shape[-1] != self.spec.lmm_dim:
+            raise ValueError(
+                f"the adapter expects {self.spec.lmm_dim}-d LMM states (made for {self.spec.lmm}), "
+                f"but the LMM gives {hidden.shape[-1]}-d states: load the adapter trained for this LMM")
+        tokens = self.input_embeds_align_mlp(hidden)
+        pooled = self.condition_embeds_align_mlp(pool_tokens(hidden, attention_mask, pooling))
+        return tokens, pooled

@@ -1,0 +1,274 @@
+"""Qwen2-VL encoder: model input → last-layer hidden states, with the visual blend.
+
+The model and its processor are loaded from a local folder only (no network, no
+remote code). For one model input the encoder
+
+1. resizes each image so its short side is ``short_side`` (336, as the release),
+   then lets the Qwen2-VL image processor fit it to 28-px units within
+   ``[min_pixels, max_pixels]`` (``max_pixels = 512·28·28`` as the release);
+2. expands each vision placeholder to the image's patch tokens and tokenizes;
+3. runs the vision tower once for all distinct images and splices its merged output
+   into the token embeddings (as Qwen2-VL's own forward does);
+4. runs the language model (M-RoPE positions from Qwen2-VL's ``get_rope_index``,
+   or plain 1-D positions for parity with the release) and takes the last hidden
+   state after the final norm (the release's ``hidden_states[-1]``);
+5. blends, on each image's own pad-token positions only,
+   ``h = (1 − r)·h_LLM + r·h_ViT`` with that image's ``r``.
+
+The language model is called directly, so no vocabulary logits are computed.
+
+Padding: by default every input keeps its natural length (training saw no pad
+tokens). ``pad_to`` left-pads with the tokenizer's pad token ``<|endoftext|>``
+(the Qwen2-VL tokenizer pads on the **left**), masks those positions in attention,
+and never truncates.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .prompt import IMG, ModelInput
+
+REQUIRED_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+POSITIONS = ("mrope", "1d")
+DEFAULT_SHORT_SIDE = 336
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 512 * 28 * 28
+
+
+class LMMFolderError(FileNotFoundError):
+    """The LMM folder is missing, incomplete or holds another model."""
+
+
+class ImageInputError(ValueError):
+    """An image cannot be encoded (empty, wrong channel count, NaN …)."""
+
+
+def check_lmm_folder(folder: str) -> None:
+    """Raise :class:`LMMFolderError` naming every file that is missing."""
+    if not os.path.isdir(folder):
+        raise LMMFolderError(f"LMM folder not found: {folder} (expected an HF-format Qwen2-VL-2B-Instruct folder)")
+    have = set(os.listdir(folder))
+    missing = [f for f in REQUIRED_FILES if f not in have]
+    if not any(all(f in have for f in group) for group in TOKENIZER_FILES):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    weights = []
+    if "model.safetensors.index.json" in have:
+        with open(os.path.join(folder, "model.safetensors.index.json")) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        weights = shards
+        missing += [s for s in shards if s not in have]
+    elif "model.safetensors" in have:
+        weights = ["model.safetensors"]
+    else:
+        pickles = sorted(f for f in have if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        if pickles:
+            missing.append("model.safetensors (found only pickled weights " + ", ".join(pickles) +
+                           ", which are never opened: convert them to safetensors, e.g. with "
+                           "`python -m training.convert_official`)")
+        else:
+            missing.append("model.safetensors or model.safetensors.index.json with its shards")
+    if missing:
+        raise LMMFolderError(f"the LMM folder {folder} is incomplete; missing: " + "; ".join(missing) +
+                             ". Copy the whole Qwen2-VL-2B-Instruct folder (config, tokenizer, "
+                             "preprocessor config and safetensors weights) there.")
+    if "config.json" in have:
+        with open(os.path.join(folder, "config.json")) as f:
+            mt = json.load(f).get("model_type")
+        if mt != "qwen2_vl":
+            raise LMMFolderError(f"{folder} holds a {mt!r} model; Dream Engine needs Qwen2-VL "
+                                 f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
+    del weights
+
+
+def to_pil(image) -> Image.Image:
+    """Accept a PIL image, or an array/tensor ``[H, W, 3]`` (or ``[1, H, W, 3]``) in [0, 1]."""
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ImageInputError("an image has zero size; connect a non-empty image")
+        if image.mode not in ("RGB", "L", "RGBA", "P"):
+            raise ImageInputError(f"image mode {image.mode} is not supported; convert it to RGB")
+        return image.convert("RGB")
+    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3:
+        raise ImageInputError(f"an image must be [height, width, 3]; got shape {list(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ImageInputError(f"an image has zero size {list(t.shape)}; connect a non-empty image")
+    if t.shape[2] != 3:
+        raise ImageInputError(f"an image must have 3 colour channels (RGB), got {t.shape[2]}; "
+                              f"convert it to RGB (drop alpha, expand grey) first")
+    t = t.float()
+    if not torch.isfinite(t).all():
+        raise ImageInputError("an image contains NaN or infinite values; check the node that produced it")
+    arr = (t.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def resize_short_side(img: Image.Image, short_side: int | None) -> Image.Image:
+    if not short_side:
+        return img
+    w, h = img.size
+    s = short_side / min(w, h)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return img if size == (w, h) else img.resize(size, Image.BICUBIC)
+
+
+@dataclass
+class EncodedStates:
+    """LMM output for one model input."""
+
+    hidden: torch.Tensor            # [1, L, D] last-layer states (blended)
+    attention_mask: torch.Tensor    # [1, L]  1 = real token, 0 = pad
+    input_ids: torch.Tensor         # [1, L]
+    text: str
+    image_spans: list = field(default_factory=list)  # (start, end) token positions per placeholder
+    ratios: list = field(default_factory=list)
+    vision: list = field(default_factory=list)       # merged vision features per placeholder
+
+
+@dataclass
+class PreparedImages:
+    """The distinct images of a prompt, processed once and shared by cond and uncond."""
+
+    pixel_values: torch.Tensor | None
+    grid_thw: torch.Tensor | None
+    tokens_per_image: list
+    features: list | None = None  # merged vision features per image, filled on first use
+
+
+class LMMEncoder:
+    def __init__(self, model, processor, folder: str = ""):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.folder = folder
+        cfg = model.config
+        self.image_token_id = cfg.image_token_id
+        self.hidden_size = cfg.text_config.hidden_size
+        self.merge = cfg.vision_config.spatial_merge_size
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_folder(cls, folder: str, dtype: torch.dtype = torch.float32, device="cpu",
+                    attn_implementation: str = "sdpa") -> "LMMEncoder":
+        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+        check_lmm_folder(folder)
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(
+            folder, local_files_only=True, dtype=dtype, use_safetensors=True,
+            attn_implementation=attn_implementation)
+        model.to(device).eval().requires_grad_(False)
+        return cls(model, processor, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.language_model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.language_model.embed_tokens.weight.dtype
+
+    # ------------------------------------------------------------------ images
+    def prepare_images(self, images: list, short_side: int | None = DEFAULT_SHORT_SIDE,
+                       min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImages:
+        if not images:
+            return PreparedImages(None, None, [])
+        if min_pixels <= 0 or max_pixels < min_pixels:
+            raise ImageInputError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        pil = [resize_short_side(to_pil(im), short_side) for im in images]
+        out = self.processor.image_processor(
+            images=pil, return_tensors="pt",
+            size={"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)})
+        grid = out["image_grid_thw"]
+        per = (grid.prod(-1) // self.merge ** 2).tolist()
+        return PreparedImages(out["pixel_values"], grid, per)
+
+    @torch.inference_mode()
+    def vision_features(self, prep: PreparedImages) -> list:
+        """Merged vision-tower output per image (the embeddings spliced into the input)."""
+        if prep.features is None:
+            if prep.pixel_values is None:
+                prep.features = []
+            else:
+                visual = self.model.model.visual
+                px = prep.pixel_values.to(self.device, visual.dtype)
+                feats = visual(px, grid_thw=prep.grid_thw.to(self.device)).pooler_output
+                prep.features = list(torch.split(feats.to(self.dtype), prep.tokens_per_image))
+        return prep.features
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, inp: ModelInput, prep: PreparedImages, pad_to: int | None = None):
+        """Token ids with each placeholder expanded to its image's patch tokens."""
+        pieces = inp.text.split(IMG)
+        ids: list[int] = []
+        spans = []
+        start_tok = self.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        end_tok = self.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+        for k, piece in enumerate(pieces):
+            if piece:
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if k < len(inp.images):
+                n = prep.tokens_per_image[inp.images[k]]
+                ids.append(start_tok)
+                spans.append((len(ids), len(ids) + n))
+                ids += [self.image_token_id] * n
+                ids.append(end_tok)
+        n_pad = max(0, (pad_to or 0) - len(ids))
+        mask = [0] * n_pad + [1] * len(ids)
+        ids = [self.pad_token_id] * n_pad + ids
+        spans = [(s + n_pad, e + n_pad) for s, e in spans]
+        return torch.tensor([ids]), torch.tensor([mask]), spans
+
+    def token_count(self, inp: ModelInput, prep: PreparedImages) -> int:
+        return self.tokenize(inp, prep)[0].shape[1]
+
+    # ------------------------------------------------------------------ forward
+    @torch.inference_mode()
+    def encode(self, inp: ModelInput, prep: PreparedImages, pad_to: int | None = None,
+               positions: str = "mrope") -> EncodedStates:
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        inner = self.model.model
+        ids, mask, spans = self.tokenize(inp, prep, pad_to)
+        dev = self.device
+        ids, mask = ids.to(dev), mask.to(dev)
+        embeds = inner.get_input_embeddings()(ids)
+        vis = []
+        if inp.images:
+            feats = self.vision_features(prep)
+            vis = [feats[i] for i in inp.images]
+            embeds = embeds.clone()
+            for (s, e), f in zip(spans, vis):
+                embeds[0, s:e] = f.to(embeds.dtype)
+        padded = bool((mask == 0).any())
+        if positions == "1d":
+            pos = torch.arange(ids.shape[1], device=dev).view(1, 1, -1).expand(3, 1, -1)
+        elif inp.images:
+            grid = torch.stack([prep.grid_thw[i] for i in inp.images]).to(dev)
+            mm_types = (ids == self.image_token_id).int()
+            pos, _ = inner.get_rope_index(ids, mm_types, image_grid_thw=grid,
+                                          attention_mask=mask if padded else None)
+        else:
+            pos = None  # text only: Qwen2-VL's own 1-D positions
+        out = inner.language_model(inputs_embeds=embeds, attention_mask=mask if padded else None,
+                                   position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state
+        if any(r > 0 for r in inp.ratios):
+            hidden = hidden.clone()
+            for (s, e), f, r in zip(spans, vis, inp.ratios):
+                if r > 0:
+                    hidden[0, s:e] = (1 - r) * hidden[0, s:e] + r * f.to(hidden.dtype)
+        return EncodedStates(hidden, mask, ids, inp.text, spans, list(inp.ratios), vis)

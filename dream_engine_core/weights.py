@@ -1,0 +1,142 @@
+"""Safetensors I/O for the pack's weights: adapters with metadata, checked loads.
+
+Only safetensors are read or written. A file that is not safetensors (a pickle
+``.bin``/``.pt``/``.ckpt``) is refused with an error that names the converter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .adapter import Adapter, AdapterSpec
+
+FORMAT_NAME = "dream_engine.adapter"
+FORMAT_VERSION = "1"
+CONVERT_HINT = ("convert it with `python -m training.convert_official` (the release) "
+                "or re-export it with the pack's trainers")
+
+
+class WeightsError(ValueError):
+    """A weight file is missing, not safetensors, or does not match what is expected."""
+
+
+def check_safetensors(path: str) -> None:
+    """Raise :class:`WeightsError` unless ``path`` is an existing safetensors file."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weight file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8:
+            n = struct.unpack("<Q", head)[0]
+            first = f.read(1)
+        else:
+            n, first = 0, b""
+    if len(head) < 8 or n <= 0 or n > 100 * 2**20 or first != b"{" or os.path.getsize(path) < 8 + n:
+        raise WeightsError(f"{path} is not a safetensors file (pickled weights are never opened here); {CONVERT_HINT}")
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file via a temporary file in the same folder and a rename,
+    so that a crash never leaves a half-written file under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    check_safetensors(path)
+    with safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def adapter_metadata(spec: AdapterSpec, extra: dict | None = None) -> dict[str, str]:
+    md = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "map_kind": spec.kind,
+        "lmm_dim": str(spec.lmm_dim),
+        "hidden_dim": str(spec.hidden_dim),
+        "token_dim": str(spec.token_dim),
+        "pooled_dim": str(spec.pooled_dim),
+        "lmm": spec.lmm,
+    }
+    for k, v in (extra or {}).items():
+        md[k] = v if isinstance(v, str) else json.dumps(v)
+    return md
+
+
+def save_adapter(path: str, adapter: Adapter, extra_metadata: dict | None = None) -> None:
+    atomic_save(adapter.state_dict(), path, adapter_metadata(adapter.spec, extra_metadata))
+
+
+def spec_from_file(path: str) -> AdapterSpec:
+    """The adapter's spec from its metadata, or inferred from its shapes (a file
+    written by another tool without our metadata)."""
+    md = read_metadata(path)
+    if md.get("format") == FORMAT_NAME:
+        if md.get("format_version") != FORMAT_VERSION:
+            raise WeightsError(f"{path}: adapter format version {md.get('format_version')} is not supported "
+                               f"(this pack reads version {FORMAT_VERSION}); update the pack")
+        return AdapterSpec(kind=md["map_kind"], lmm_dim=int(md["lmm_dim"]), hidden_dim=int(md["hidden_dim"]),
+                           token_dim=int(md["token_dim"]), pooled_dim=int(md["pooled_dim"]),
+                           lmm=md.get("lmm", "unknown"))
+    with safe_open(path, framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    try:
+        h, i = shapes["input_embeds_align_mlp.0.weight"]
+        t = shapes["input_embeds_align_mlp.2.weight"][0]
+        p = shapes["condition_embeds_align_mlp.2.weight"][0]
+    except KeyError as e:
+        raise WeightsError(f"{path} has no Dream Engine adapter metadata and lacks key {e.args[0]}; "
+                           f"expected keys: {sorted(AdapterSpec().expected_shapes())}") from None
+    kind = "standard" if (t, p) == (4096, 2048) else "direct"
+    return AdapterSpec(kind=kind, lmm_dim=i, hidden_dim=h, token_dim=t, pooled_dim=p, lmm="unknown")
+
+
+def check_state_dict(sd_shapes: dict[str, tuple], expected: dict[str, tuple], what: str) -> None:
+    """Raise one error listing missing keys, unexpected keys and wrong shapes."""
+    missing = sorted(set(expected) - set(sd_shapes))
+    unexpected = sorted(set(sd_shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(sd_shapes) if tuple(sd_shapes[k]) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        lines = [f"{what} does not match the expected layout:"]
+        if missing:
+            lines.append("  missing keys: " + ", ".join(f"{k} {list(expected[k])}" for k in missing))
+        if unexpected:
+            lines.append("  unexpected keys: " + ", ".join(unexpected))
+        if wrong:
+            lines.append("  wrong shapes: " + ", ".join(
+                f"{k} is {list(sd_shapes[k])}, expected {list(expected[k])}" for k in wrong))
+        raise WeightsError("\n".join(lines))
+
+
+def load_adapter(path: str, lmm_dim: int | None = None, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> Adapter:
+    """Load and validate an adapter. ``lmm_dim``: the hidden width of the LMM it will
+    run on; a mismatch is an error that says which LMM the adapter was made for."""
+    spec = spec_from_file(path)
+    if lmm_dim is not None and spec.lmm_dim != lmm_dim:
+        raise WeightsError(f"adapter {os.path.basename(path)} expects {spec.lmm_dim}-d LMM states "
+                           f"(made for {spec.lmm}), but the loaded LMM has hidden size {lmm_dim}: "
+                           f"pick the adapter that matches the LMM")
+    with safe_open(path, framework="pt", device="cpu") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, spec.expected_shapes(),
+                     f"adapter {os.path.basename(path)}")
+    adapter = Adapter(spec)
+    adapter.load_state_dict(sd)
+    return adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -1,0 +1,102 @@
+"""Small same-architecture models in ComfyUI's formats (random weights).
+
+Used by the tests, the benchmarks' host checks and `make demo` until a trained
+miniature ships. Each file is written in the format ComfyUI's own loaders detect:
+
+* an SD3.5-format MMDiT (``UNETLoader`` / "Load Diffusion Model"): ComfyUI's own
+  ``MMDiT`` class with ``depth`` blocks (hidden ``64·depth``), 16 latent channels and
+  RMS qk-norm, as SD3.5-Large;
+* a 16-channel TAESD-format VAE (``VAELoader``), detected by its ``taesd_*`` keys;
+* a small Qwen2-VL folder and an adapter (from ``dream_engine_core.testing``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dream_engine_core.testing import LMMSize, build_tiny_adapter, build_tiny_qwen2vl
+from dream_engine_core.weights import atomic_save
+
+# Widths of the small DiT's own (standard-map) text conditioning, standing in for
+# SD3.5's 4096-d tokens and 2048-d pooled vector.
+TINY_CONTEXT_DIM = 96
+TINY_POOLED_DIM = 80
+
+
+def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled_dim: int = TINY_POOLED_DIM,
+                     pos_embed_max_size: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
+    """State dict of ComfyUI's MMDiT at SD3.5-Large layout, small depth."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    import comfy.ops
+
+    torch.manual_seed(seed)
+    model = MMDiT(
+        input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth,
+        adm_in_channels=pooled_dim,
+        context_embedder_config={"target": "torch.nn.Linear",
+                                 "params": {"in_features": context_dim, "out_features": 64 * depth}},
+        pos_embed_max_size=pos_embed_max_size, num_patches=pos_embed_max_size ** 2,
+        qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32,
+        operations=comfy.ops.disable_weight_init)
+    sd = model.state_dict()
+    # ComfyUI's init skips weight initialisation; give every tensor defined values.
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(("ln_q.weight", "ln_k.weight")) or ".norm" in k and k.endswith("weight"):
+            out[k] = torch.ones_like(v)
+        elif k == "pos_embed":
+            out[k] = torch.randn(v.shape, generator=g) * 0.02
+        elif v.ndim >= 2:
+            fan_in = v[0].numel()
+            out[k] = torch.randn(v.shape, generator=g) / fan_in ** 0.5
+        else:
+            out[k] = torch.zeros_like(v)
+    return out
+
+
+def build_tiny_sd35(path: str, depth: int = 2, seed: int = 0, **kw) -> str:
+    atomic_save(mmdit_state_dict(depth=depth, seed=seed, **kw), path)
+    return path
+
+
+def taesd_state_dict(latent_channels: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    from comfy.taesd.taesd import TAESD
+
+    torch.manual_seed(seed)
+    vae = TAESD(latent_channels=latent_channels)
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
+def build_tiny_vae(path: str, seed: int = 0) -> str:
+    atomic_save(taesd_state_dict(seed=seed), path)
+    return path
+
+
+def build_demo_models(models_dir: str, depth: int = 2, seed: int = 0) -> dict[str, str]:
+    """Write a complete small model set into a ComfyUI ``models`` folder.
+
+    Layout: ``diffusion_models/``, ``vae/``, ``LLM/``, ``dream_engine/``. Returns the
+    file names as the loader nodes list them. Existing files are kept.
+    """
+    paths = {
+        "dit": os.path.join(models_dir, "diffusion_models", "dream_engine_tiny_sd35.safetensors"),
+        "vae": os.path.join(models_dir, "vae", "dream_engine_tiny_taesd3.safetensors"),
+        "lmm": os.path.join(models_dir, "LLM", "tiny-Qwen2-VL"),
+        "adapter": os.path.join(models_dir, "dream_engine", "tiny_direct_map.safetensors"),
+        "adapter_standard": os.path.join(models_dir, "dream_engine", "tiny_standard_map.safetensors"),
+    }
+    if not os.path.exists(paths["dit"]):
+        build_tiny_sd35(paths["dit"], depth=depth, seed=seed)
+    if not os.path.exists(paths["vae"]):
+        build_tiny_vae(paths["vae"], seed=seed)
+    if not os.path.exists(os.path.join(paths["lmm"], "model.safetensors")):
+        build_tiny_qwen2vl(paths["lmm"], LMMSize(), seed=seed)
+    lmm_dim = LMMSize().hidden_size
+    if not os.path.exists(paths["adapter"]):
+        build_tiny_adapter(paths["adapter"], lmm_dim=lmm_dim, kind="direct", token_dim=64 * depth, seed=seed)
+    if not os.path.exists(paths["adapter_standard"]):
+        build_tiny_adapter(paths["adapter_standard"], lmm_dim=lmm_dim, kind="standard",
+                           token_dim=TINY_CONTEXT_DIM, pooled_dim=TINY_POOLED_DIM, seed=seed + 1)
+    return {k: os.path.basename(v) for k, v in paths.items()}
