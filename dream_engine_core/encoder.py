@@ -25,7 +25,6 @@ and never truncates.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -59,15 +58,11 @@ def check_lmm_folder(folder: str) -> None:
     missing = [f for f in REQUIRED_FILES if f not in have]
     if not any(all(f in have for f in group) for group in TOKENIZER_FILES):
         missing.append("tokenizer.json (or vocab.json + merges.txt)")
-    weights = []
     if "model.safetensors.index.json" in have:
         with open(os.path.join(folder, "model.safetensors.index.json")) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
-        weights = shards
         missing += [s for s in shards if s not in have]
-    elif "model.safetensors" in have:
-        weights = ["model.safetensors"]
-    else:
+    elif "model.safetensors" not in have:
         pickles = sorted(f for f in have if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
         if pickles:
             missing.append("model.safetensors (found only pickled weights " + ", ".join(pickles) +
@@ -85,7 +80,6 @@ def check_lmm_folder(folder: str) -> None:
         if mt != "qwen2_vl":
             raise LMMFolderError(f"{folder} holds a {mt!r} model; Dream Engine needs Qwen2-VL "
                                  f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
-    del weights
 
 
 def to_pil(image) -> Image.Image:
