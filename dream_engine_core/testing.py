@@ -65,37 +65,36 @@ QWEN2VL_2B = LMMSize(
 )
 
 
-def _byte_level_alphabet() -> list[str]:
-    """GPT-2/Qwen byte-to-unicode alphabet: one printable character per byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def build_tokenizer(folder: str, real_vocab_ids: bool = False):
+def build_tokenizer(folder: str, real_vocab_ids: bool = False, words: tuple = ()):
     """A byte-level BPE tokenizer carrying Qwen2-VL's special tokens.
 
-    Built with the ``tokenizers`` library (256 byte tokens plus a few merges) and
-    saved as a ``Qwen2Tokenizer`` folder, so it loads with ``AutoTokenizer`` like the
-    real one. With ``real_vocab_ids`` the special tokens get their real ids (151643+)
-    by padding the vocabulary, for full-size benchmarks.
+    Built with the ``tokenizers`` library and saved as a tokenizer folder that loads
+    with ``AutoTokenizer`` like the real one. Without ``words``: the 256 byte tokens
+    and a few merges. With ``words``: BPE merges trained (``BpeTrainer``) on those
+    words, so each of them, with or without a leading space, is a single token, as in
+    a real vocabulary. With ``real_vocab_ids`` the special tokens get their real ids
+    (151643+) by padding the vocabulary, for full-size benchmarks.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = _byte_level_alphabet()
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    merges = []
-    # A few merges so that common words become single tokens, like a real BPE.
-    for a, b in [("Ġ", "a"), ("e", "r"), ("i", "n"), ("o", "n"), ("a", "t"), ("e", "n"), ("o", "r"), ("Ġ", "t")]:
-        vocab[a + b] = len(vocab)
-        merges.append((a, b))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    if words:
+        trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 40 * len(words), min_frequency=1,
+                                      initial_alphabet=alphabet, show_progress=False)
+        base = Tokenizer(models.BPE())
+        base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        base.train_from_iterator([w for w in words for _ in range(2)] + [" " + w for w in words], trainer)
+        model = json.loads(base.to_str())["model"]
+        vocab = dict(model["vocab"])
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    else:
+        vocab = {ch: i for i, ch in enumerate(alphabet)}
+        merges = []
+        for a, b in [("Ġ", "a"), ("e", "r"), ("i", "n"), ("o", "n"), ("a", "t"), ("e", "n"), ("o", "r"),
+                     ("Ġ", "t")]:
+            vocab[a + b] = len(vocab)
+            merges.append((a, b))
     if real_vocab_ids:
         while len(vocab) < 151643:
             vocab[f"<|filler_{len(vocab)}|>"] = len(vocab)
@@ -118,7 +117,7 @@ def build_tokenizer(folder: str, real_vocab_ids: bool = False):
 
 
 def build_tiny_qwen2vl(folder: str, size: LMMSize = LMMSize(), seed: int = 0, dtype=torch.float32,
-                       real_vocab_ids: bool = False, weights: bool = True) -> str:
+                       real_vocab_ids: bool = False, weights: bool = True, words: tuple = ()) -> str:
     """Write a Qwen2-VL folder (config, safetensors weights, tokenizer, processor config).
 
     Random weights from ``seed``; same architecture classes as Qwen2-VL-2B-Instruct.
@@ -128,7 +127,7 @@ def build_tiny_qwen2vl(folder: str, size: LMMSize = LMMSize(), seed: int = 0, dt
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     os.makedirs(folder, exist_ok=True)
-    _, ids = build_tokenizer(folder, real_vocab_ids=real_vocab_ids)
+    _, ids = build_tokenizer(folder, real_vocab_ids=real_vocab_ids, words=words)
     vocab_size = max(ids.values()) + 1
     vocab_size = 151936 if real_vocab_ids else (vocab_size + 15) // 16 * 16
     head_dim = size.hidden_size // size.num_attention_heads
