@@ -1,0 +1,28 @@
+"""The miniature's VAE trainer: ComfyUI's TAESD, trained on shapes, loaded by ComfyUI."""
+import random
+
+import torch
+
+
+def test_short_vae_run_learns_and_loads_in_comfy(comfy, tmp_path):
+    from training.vae import SD3_SCALE, SD3_SHIFT, shapes_batch, train_vae
+    import comfy.sd
+    import comfy.utils
+    import comfy.latent_formats
+
+    out = str(tmp_path / "vae.safetensors")
+    r = train_vae(out, steps=25, batch=4, log_every=25, progress=False, eval_n=8)
+    first, last = r["history"][0][1], r["history"][-1][1]
+    assert last < 0.5 * first, r["history"]
+    sd = comfy.utils.load_torch_file(out, safe_load=True)
+    vae = comfy.sd.VAE(sd=sd)
+    assert vae.latent_channels == 16
+    x = shapes_batch(random.Random(5), 4, 64)  # [-1, 1]
+    with torch.inference_mode():
+        z = vae.encode((x.permute(0, 2, 3, 1) + 1) / 2)
+        # calibrated so that SD3's latent format gives roughly unit-variance latents
+        zin = comfy.latent_formats.SD3().process_in(z)
+        assert 0.3 < float(zin.std()) < 3.0 and abs(float(zin.mean())) < 1.0
+        img = vae.decode(z)
+    assert img.shape == (4, 64, 64, 3) and torch.isfinite(img).all()
+    assert SD3_SCALE == comfy.latent_formats.SD3().scale_factor and SD3_SHIFT == comfy.latent_formats.SD3().shift_factor
