@@ -1,0 +1,196 @@
+"""LoadDreamEngine and InterleavedConditioning."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..dream_engine_core.encoder import LMMEncoder, check_lmm_folder
+from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS
+from ..dream_engine_core.adapter import POOLINGS
+from ..dream_engine_core.encoder import POSITIONS
+from ..dream_engine_core.prompt import TASKS, build_task_inputs
+from ..dream_engine_core.weights import load_adapter, spec_from_file
+from .direct_map import check_adapter_fits, patch_direct_map
+from .models import (ADAPTER_FOLDER, DreamEngineHandle, DreamEngineModule, adapter_files, adapter_path,
+                     lmm_folder_path, lmm_folders)
+from .segments import CATEGORY, Segments
+
+log = logging.getLogger("dream_engine")
+Engine = io.Custom("DREAM_ENGINE")
+DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICES = ("default", "cpu", "gpu")
+
+
+def _lmm_hidden_size(folder: str) -> int | None:
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    h = (cfg.get("text_config") or {}).get("hidden_size") or cfg.get("hidden_size")
+    return int(h) if h else None
+
+
+def _devices(device: str):
+    if device == "cpu":
+        return torch.device("cpu"), torch.device("cpu")
+    if device == "gpu":
+        return mm.get_torch_device(), mm.text_encoder_offload_device()
+    if device == "default":
+        return mm.text_encoder_device(), mm.text_encoder_offload_device()
+    raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+
+
+def _dtype(name: str, load_device) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
+    if DTYPES[name] is not None:
+        return DTYPES[name]
+    if mm.is_device_cpu(load_device):
+        return torch.float32
+    if mm.should_use_bf16(load_device, prioritize_performance=False):
+        return torch.bfloat16
+    if mm.should_use_fp16(load_device, prioritize_performance=False):
+        return torch.float16
+    return torch.float32
+
+
+class LoadDreamEngine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadDreamEngine",
+            display_name="Load Dream Engine",
+            category=CATEGORY,
+            description="Loads the Dream Engine: the Qwen2-VL LMM (an HF-format folder in models/LLM) and the "
+                        "adapter (models/dream_engine). A direct-map adapter also returns a clone of the SD3.5 "
+                        "MODEL with its text embedders bypassed (connect that MODEL to the sampler); a "
+                        "standard-map adapter returns the MODEL unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD3.5 diffusion model (e.g. from Load Diffusion Model)."),
+                io.Combo.Input("lmm", options=lmm_folders(),
+                               tooltip="Qwen2-VL-2B-Instruct folder inside models/LLM."),
+                io.Combo.Input("adapter", options=adapter_files(),
+                               tooltip="Adapter .safetensors inside models/dream_engine."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="default",
+                               tooltip="Weights dtype of the LMM and adapter. default: bf16/fp16 on a GPU "
+                                       "that supports it, fp32 on CPU."),
+                io.Combo.Input("device", options=list(DEVICES), default="default",
+                               tooltip="Where the LMM runs. default: ComfyUI's text-encoder device; cpu; gpu: "
+                                       "the main compute device. ComfyUI loads it there for encoding and "
+                                       "offloads it before sampling."),
+            ],
+            outputs=[
+                Engine.Output("dream_engine", display_name="DREAM_ENGINE"),
+                io.Model.Output("patched_model", display_name="MODEL",
+                                tooltip="The MODEL to sample with (patched clone for a direct-map adapter)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lmm, adapter):
+        # Our own checks replace ComfyUI's "value not in list" so that a missing model
+        # names the folder and the files expected.
+        try:
+            check_lmm_folder(lmm_folder_path(lmm))
+            adapter_path(adapter)
+        except Exception as e:  # noqa: BLE001 - reported to the user as the validation message
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model, lmm, adapter, dtype="default", device="default") -> io.NodeOutput:
+        folder = lmm_folder_path(lmm)
+        check_lmm_folder(folder)
+        apath = adapter_path(adapter)
+        spec = spec_from_file(apath)
+        hidden = _lmm_hidden_size(folder)
+        if hidden is not None and hidden != spec.lmm_dim:
+            raise ValueError(f"adapter {adapter!r} expects {spec.lmm_dim}-d LMM states (made for {spec.lmm}), "
+                             f"but the LMM folder {folder} has hidden size {hidden}; pick the adapter that "
+                             f"matches this LMM (Qwen2-VL-2B-Instruct: 1536)")
+        check_adapter_fits(spec, model, adapter)
+        load_device, offload_device = _devices(device)
+        dt = _dtype(dtype, load_device)
+        t0 = time.perf_counter()
+        adapter_mod = load_adapter(apath, lmm_dim=spec.lmm_dim, dtype=dt, device=offload_device)
+        encoder = LMMEncoder.from_folder(folder, dtype=dt, device=offload_device)
+        engine = DreamEngine(encoder, adapter_mod)
+        patcher = comfy.model_patcher.ModelPatcher(DreamEngineModule(encoder.model, adapter_mod),
+                                                   load_device=load_device, offload_device=offload_device)
+        handle = DreamEngineHandle(engine, patcher, lmm, adapter)
+        out_model = patch_direct_map(model) if spec.kind == "direct" else model
+        log.info("Dream Engine: loaded %s + %s (%s map, %s, %s) in %.2fs", lmm, adapter, spec.kind, dt,
+                 load_device, time.perf_counter() - t0)
+        return io.NodeOutput(handle, out_model)
+
+
+def to_conditioning(c) -> list:
+    dev = mm.intermediate_device()
+    return [[c.tokens.detach().float().to(dev), {"pooled_output": c.pooled.detach().float().to(dev)}]]
+
+
+class InterleavedConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamEngineInterleavedConditioning",
+            display_name="Dream Engine Interleaved Conditioning",
+            category=CATEGORY,
+            description="Encodes an interleaved text-image prompt with the Dream Engine into the positive "
+                        "conditioning and the task's matching negative (the CFG input of the release). "
+                        "Refer to images as [image 1], [image 2] … or by a segment's [name].",
+            inputs=[
+                Engine.Input("dream_engine"),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The prompt. Images: [image N] (N-th segment) or [name]; [[ and ]] "
+                                        "for literal brackets. edit: the instruction; fuse: the caption; "
+                                        "reconstruct: leave empty."),
+                io.Combo.Input("task", options=list(TASKS), default="generate",
+                               tooltip="generate: text (+ referenced images) → image; edit: one image + "
+                                       "instruction; fuse: named objects + caption; reconstruct: one image."),
+                io.Combo.Input("padding", options=list(PADDINGS), default="natural",
+                               tooltip="natural: every input keeps its length (as trained); reference: "
+                                       "pad like the release's inference (77 tokens), for output parity."),
+                io.Combo.Input("pooling", options=list(POOLINGS), default="mean",
+                               tooltip="Mean for the pooled vector: mean over every position (release) or "
+                                       "masked_mean (pad tokens excluded; same as mean without padding)."),
+                io.Combo.Input("positions", options=list(POSITIONS), default="mrope",
+                               tooltip="mrope: Qwen2-VL's multimodal positions (correct); 1d: plain positions, "
+                                       "for parity with the release's transformers version."),
+                Segments.Input("segments", optional=True,
+                               tooltip="The prompt's images (Image Segment chain)."),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", display_name="positive"),
+                io.Conditioning.Output("negative", display_name="negative"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, dream_engine, prompt, task="generate", padding="natural", pooling="mean",
+                positions="mrope", segments=None) -> io.NodeOutput:
+        chain = tuple(segments or ())
+        refs = [s.ref() for s in chain]
+        opts = EncodeOptions(padding=padding, pooling=pooling, positions=positions)
+        build_task_inputs(prompt, refs, task, opts.style)  # prompt errors before any model loads
+        handle: DreamEngineHandle = dream_engine
+        t0 = time.perf_counter()
+        mm.load_models_gpu([handle.patcher])
+        pbar = comfy.utils.ProgressBar(5)
+        pos, neg = handle.engine.encode(
+            prompt, [s.image for s in chain], refs, task, options=opts,
+            progress=lambda done, total: pbar.update_absolute(done, total),
+            check_interrupt=mm.throw_exception_if_processing_interrupted)
+        log.info("Dream Engine: encoded a %s prompt (%d image(s)): positive %d tokens, negative %d tokens, "
+                 "%s map, %.2fs", task, len(chain), pos.tokens.shape[1], neg.tokens.shape[1],
+                 pos.map_kind, time.perf_counter() - t0)
+        return io.NodeOutput(to_conditioning(pos), to_conditioning(neg))

@@ -1,0 +1,315 @@
+"""The real ComfyUI server with this pack, for tests and ``make demo``.
+
+* :func:`prepare_base_dir` lays out a ComfyUI base directory: ``models/`` with the
+  small same-architecture models (or a user's models directory), ``custom_nodes/``
+  with this repository linked in as ``comfyui-dream-engine``, and example images in
+  ``input/``.
+* :class:`ComfyServer` starts ``main.py`` (through ``scripts/run_comfyui.py``) on
+  loopback, queues prompts through the HTTP API and waits for their history.
+* :func:`small_model_profile` turns a shipped API workflow into one that runs on the
+  small models (their file names, 384 px).
+* :func:`get_server` is one shared server per test session (started on first use,
+  stopped at exit).
+
+Nothing here imports the pack; the server loads it from ``custom_nodes``.
+"""
+from __future__ import annotations
+
+import atexit
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+PACK_NAME = "comfyui-dream-engine"
+WORKFLOWS = os.path.join(ROOT, "workflows")
+EXAMPLE_IMAGES = ("dream_engine_example_1.png", "dream_engine_example_2.png")
+
+# File names the small model set uses (training.tiny_models.build_demo_models).
+SMALL = {
+    "unet_name": "dream_engine_tiny_sd35.safetensors",
+    "vae_name": "dream_engine_tiny_taesd3.safetensors",
+    "lmm": "tiny-Qwen2-VL",
+    "adapter": "tiny_direct_map.safetensors",
+    "adapter_standard": "tiny_standard_map.safetensors",
+    "size": 384,  # the small DiT's position embedding covers up to 768 px
+}
+
+
+def write_example_images(input_dir: str) -> list[str]:
+    """Two small deterministic pictures (a red disc on grey, a blue square on cream)."""
+    from PIL import Image, ImageDraw
+
+    os.makedirs(input_dir, exist_ok=True)
+    out = []
+    for name, bg, fg, shape in ((EXAMPLE_IMAGES[0], (200, 200, 200), (220, 40, 40), "disc"),
+                                (EXAMPLE_IMAGES[1], (245, 235, 210), (40, 80, 220), "square")):
+        p = os.path.join(input_dir, name)
+        if not os.path.exists(p):
+            im = Image.new("RGB", (96, 80), bg)
+            d = ImageDraw.Draw(im)
+            if shape == "disc":
+                d.ellipse((24, 16, 72, 64), fill=fg)
+            else:
+                d.rectangle((28, 20, 68, 60), fill=fg)
+            im.save(p)
+        out.append(p)
+    return out
+
+
+def build_small_models(models_dir: str) -> dict:
+    """Build (or find) the small model set in ``models_dir`` (needs ComfyUI importable)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from training.host import import_comfy
+    from training.tiny_models import build_demo_models
+
+    import_comfy()
+    return build_demo_models(models_dir)
+
+
+def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
+    """Lay out a ComfyUI base directory; ``models_dir``: use these models instead of
+    building the small set (linked in as ``base/models``)."""
+    os.makedirs(base, exist_ok=True)
+    custom = os.path.join(base, "custom_nodes")
+    os.makedirs(custom, exist_ok=True)
+    link = os.path.join(custom, PACK_NAME)
+    if not os.path.lexists(link):
+        os.symlink(ROOT, link)
+    models = os.path.join(base, "models")
+    if models_dir is not None:
+        models_dir = os.path.abspath(models_dir)
+        if os.path.islink(models) and os.readlink(models) != models_dir:
+            os.unlink(models)
+        if not os.path.lexists(models):
+            os.symlink(models_dir, models)
+    else:
+        build_small_models(models)
+    write_example_images(os.path.join(base, "input"))
+    return base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class PromptRejected(ServerError):
+    """``POST /prompt`` refused the prompt (validation); ``.body`` is the server's JSON."""
+
+    def __init__(self, body: dict):
+        self.body = body
+        super().__init__(json.dumps(body, indent=1)[:4000])
+
+
+class ComfyServer:
+    def __init__(self, base_dir: str, port: int | None = None, cpu: bool = True, extra_args=()):
+        self.base_dir = base_dir
+        self.port = port or free_port()
+        self.cpu = cpu
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(base_dir, "comfyui.log")
+        self.client_id = uuid.uuid4().hex
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self, timeout: float = 180) -> "ComfyServer":
+        cmd = [PY, os.path.join(ROOT, "scripts", "run_comfyui.py"), "--listen", "127.0.0.1",
+               "--port", str(self.port), "--disable-auto-launch", "--base-directory", self.base_dir,
+               "--database-url", "sqlite:///:memory:"] + (["--cpu"] if self.cpu else []) + self.extra_args
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, cwd=ROOT)
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise ServerError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.3)
+        self.stop()
+        raise ServerError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise ServerError("no VmRSS")
+
+    # ------------------------------------------------------------- HTTP
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            data = r.read()
+        return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+    def get_bytes(self, path: str, timeout: float = 30) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return r.read()
+
+    def post(self, path: str, body: dict, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            data = r.read()
+        return json.loads(data) if data else None
+
+    def queue(self, prompt: dict) -> str:
+        try:
+            r = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                raise PromptRejected(json.loads(body)) from None
+            except ValueError:
+                raise ServerError(f"/prompt answered {e.code}: {body[:2000]!r}") from None
+        return r["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            h = self.get(f"/history/{prompt_id}")
+            if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
+                st = h[prompt_id]["status"]
+                if st.get("status_str") in ("success", "error"):
+                    return h[prompt_id]
+            if not self.alive():
+                raise ServerError(f"ComfyUI died:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise ServerError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        return self.wait(self.queue(prompt), timeout)
+
+    def output_images(self, entry: dict) -> list[str]:
+        """Paths of the images a finished prompt saved."""
+        out = []
+        for node in entry.get("outputs", {}).values():
+            for im in node.get("images", []):
+                folder = {"output": "output", "temp": "temp"}[im.get("type", "output")]
+                out.append(os.path.join(self.base_dir, folder, im.get("subfolder", ""), im["filename"]))
+        return out
+
+
+def status_messages(entry: dict, kind: str) -> list[dict]:
+    return [m[1] for m in entry.get("status", {}).get("messages", []) if m[0] == kind]
+
+
+def execution_error(entry: dict) -> dict | None:
+    errs = status_messages(entry, "execution_error")
+    return errs[0] if errs else None
+
+
+# ----------------------------------------------------------------- workflows
+def workflow_files() -> list[str]:
+    """The shipped UI-format workflows (``workflows/*.json``)."""
+    return sorted(os.path.join(WORKFLOWS, f) for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+
+
+def api_twin(ui_path: str) -> str:
+    return os.path.join(WORKFLOWS, "api", os.path.basename(ui_path))
+
+
+def load_api(name_or_path: str) -> dict:
+    p = name_or_path if os.path.isabs(name_or_path) else os.path.join(WORKFLOWS, "api", name_or_path)
+    with open(p) as f:
+        return json.load(f)
+
+
+def small_model_profile(prompt: dict, adapter: str | None = None, size: int | None = None) -> dict:
+    """A copy of an API workflow set up for the small models: their file names and a
+    resolution their position embedding covers. Nothing else changes."""
+    p = copy.deepcopy(prompt)
+    for node in p.values():
+        ct, inp = node["class_type"], node["inputs"]
+        if ct == "UNETLoader":
+            inp["unet_name"] = SMALL["unet_name"]
+        elif ct == "VAELoader":
+            inp["vae_name"] = SMALL["vae_name"]
+        elif ct == "LoadDreamEngine":
+            inp["lmm"] = SMALL["lmm"]
+            inp["adapter"] = adapter or SMALL["adapter"]
+        elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
+            inp["width"] = inp["height"] = size or SMALL["size"]
+    return p
+
+
+def nodes_of(prompt: dict, class_type: str) -> list[str]:
+    return [k for k, v in prompt.items() if v["class_type"] == class_type]
+
+
+# ----------------------------------------------------------------- shared server
+_SERVER: ComfyServer | None = None
+_BASE: str | None = None
+
+
+def get_server() -> ComfyServer:
+    """One server for the whole test session (the pack loaded from custom_nodes)."""
+    global _SERVER, _BASE
+    if _SERVER is not None and _SERVER.alive():
+        return _SERVER
+    if _BASE is None:
+        _BASE = tempfile.mkdtemp(prefix="dream-engine-comfy-")
+        prepare_base_dir(_BASE)
+        atexit.register(_cleanup)
+    _SERVER = ComfyServer(_BASE).start()
+    return _SERVER
+
+
+def _cleanup():
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.stop()
+        _SERVER = None
+    if _BASE and os.environ.get("DREAM_ENGINE_KEEP_SERVER_DIR") != "1":
+        shutil.rmtree(_BASE, ignore_errors=True)
