@@ -1,0 +1,225 @@
+"""The pack's nodes called in-process on the real ComfyUI host (no server).
+
+Parity: conditioning through the nodes equals the core's output, and sampling
+through the patched MODEL equals a hand-written Euler/CFG loop over the same small
+MMDiT with the adapter's tokens and vector injected as DESIGN.md §2 describes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK = "dream_engine_pack_under_test"
+LMM, DIRECT, STANDARD = "tiny-Qwen2-VL", "tiny_direct_map.safetensors", "tiny_standard_map.safetensors"
+
+
+@pytest.fixture(scope="module")
+def pack(comfy):
+    """The pack loaded as a package under its own name, as ComfyUI loads custom nodes."""
+    if PACK not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
+                                                      submodule_search_locations=[ROOT])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[PACK]
+
+
+@pytest.fixture(scope="module")
+def models(pack, tmp_path_factory):
+    import folder_paths
+    from training.tiny_models import build_demo_models
+
+    d = str(tmp_path_factory.mktemp("models"))
+    build_demo_models(d)
+    for name in ("LLM", "dream_engine", "diffusion_models"):
+        folder_paths.add_model_folder_path(name, os.path.join(d, name))
+    return d
+
+
+@pytest.fixture(scope="module")
+def dit(models):
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(os.path.join(models, "diffusion_models", "dream_engine_tiny_sd35.safetensors"))
+
+
+def nodes(pack):
+    e = sys.modules[PACK + ".nodes.engine"]
+    s = sys.modules[PACK + ".nodes.segments"]
+    return e.LoadDreamEngine, e.InterleavedConditioning, s.ImageSegment, s.BlendRatio
+
+
+def image(seed, h=48, w=64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, h, w, 3, generator=g)
+
+
+def test_entrypoint_registers_v3_nodes_only(pack):
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")
+    import asyncio
+
+    ext = pack.comfy_entrypoint()
+    ids = [n.GET_SCHEMA().node_id for n in asyncio.run(ext.get_node_list())]
+    assert ids == ["LoadDreamEngine", "DreamEngineInterleavedConditioning", "DreamEngineImageSegment",
+                   "DreamEngineBlendRatio"]
+
+
+def test_conditioning_equals_core(pack, models, dit):
+    from dream_engine_core.engine import DreamEngine
+    from dream_engine_core.prompt import ImageRef
+
+    Load, Cond, Seg, Blend = nodes(pack)
+    handle, patched = Load.execute(dit, LMM, DIRECT, "fp32", "cpu").args
+    a, b = image(1), image(2, 40, 40)
+    s = Seg.execute(a, "hat", 0).args[0]
+    s = Blend.execute(s, 0.3, "last").args[0]
+    s = Seg.execute(b, "cat", 0, segments=s).args[0]
+    s = Blend.execute(s, 0.8, "last").args[0]
+    pos, neg = Cond.execute(handle, "a [cat] wearing the [hat]", "fuse", "natural", "mean", "mrope", s).args
+
+    core = DreamEngine.load(os.path.join(models, "LLM", LMM), os.path.join(models, "dream_engine", DIRECT))
+    cp, cn = core.encode("a [cat] wearing the [hat]", [a[0], b[0]], [ImageRef("hat", 0.3), ImageRef("cat", 0.8)],
+                         "fuse")
+    assert torch.equal(pos[0][0], cp.tokens) and torch.equal(pos[0][1]["pooled_output"], cp.pooled)
+    assert torch.equal(neg[0][0], cn.tokens) and torch.equal(neg[0][1]["pooled_output"], cn.pooled)
+    assert pos[0][0].shape[-1] == 128  # direct map: the DiT's hidden width
+
+
+def test_direct_map_patches_a_clone_only(pack, models, dit):
+    Load = nodes(pack)[0]
+    _, patched = Load.execute(dit, LMM, DIRECT, "fp32", "cpu").args
+    assert patched is not dit and patched.model is dit.model
+    assert set(patched.object_patches) == {"diffusion_model.context_embedder", "diffusion_model.y_embedder"}
+    assert not dit.object_patches
+    assert isinstance(dit.model.diffusion_model.context_embedder, torch.nn.Linear)
+
+
+def test_standard_map_passes_model_through(pack, models, dit):
+    Load, Cond = nodes(pack)[:2]
+    handle, out = Load.execute(dit, LMM, STANDARD, "fp32", "cpu").args
+    assert out is dit
+    pos, neg = Cond.execute(handle, "a red square", "generate").args
+    assert pos[0][0].shape[-1] == 96 and pos[0][1]["pooled_output"].shape[-1] == 80
+
+
+def _hand_mmdit(path):
+    """The same small MMDiT, built afresh from its file (no ComfyUI model wrapper)."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    import comfy.ops
+    from safetensors.torch import load_file
+
+    sd = load_file(path)
+    hidden, ctx = sd["context_embedder.weight"].shape
+    depth = hidden // 64
+    m = MMDiT(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth,
+              adm_in_channels=sd["y_embedder.mlp.0.weight"].shape[1],
+              context_embedder_config={"target": "torch.nn.Linear",
+                                       "params": {"in_features": ctx, "out_features": hidden}},
+              pos_embed_max_size=int(sd["pos_embed"].shape[1] ** 0.5), num_patches=sd["pos_embed"].shape[1],
+              qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32,
+              operations=comfy.ops.disable_weight_init)
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+def test_sampling_through_patched_model_equals_hand_forward(pack, models, dit):
+    import comfy.sample
+    import comfy.samplers
+
+    Load, Cond = nodes(pack)[:2]
+    handle, patched = Load.execute(dit, LMM, DIRECT, "fp32", "cpu").args
+    pos, neg = Cond.execute(handle, "two blue circles", "generate").args
+    latent = torch.zeros(1, 16, 16, 16)
+    seed, steps, cfg = 7, 3, 3.5
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.inference_mode():
+        out = comfy.sample.sample(patched, noise, steps, cfg, "euler", "simple", pos, neg, latent, seed=seed,
+                                  disable_pbar=True)
+
+    # By hand: SD3 latent format, rectified-flow Euler with CFG, tokens straight into the
+    # joint blocks, vector added to the timestep embedding.
+    mmdit = _hand_mmdit(os.path.join(models, "diffusion_models", "dream_engine_tiny_sd35.safetensors"))
+    sigmas = comfy.samplers.calculate_sigmas(patched.get_model_object("model_sampling"), "simple", steps)
+    scale, shift = 1.5305, 0.0609
+
+    def velocity(x, sigma, c):
+        tokens, pooled = c[0][0], c[0][1]["pooled_output"]
+        hw = x.shape[-2:]
+        h = mmdit.x_embedder(x) + mmdit.cropped_pos_embed(hw, device=x.device).to(x)
+        vec = mmdit.t_embedder(sigma.reshape(1) * 1000, dtype=x.dtype) + pooled
+        h = mmdit.forward_core_with_concat(h, vec, tokens, None, {})
+        return mmdit.unpatchify(h, hw=hw)[:, :, :hw[0], :hw[1]]
+
+    with torch.inference_mode():
+        lat_in = (latent - shift) * scale
+        x = sigmas[0] * noise + (1 - sigmas[0]) * lat_in
+        for i in range(steps):
+            s = sigmas[i]
+            d_c = x - velocity(x, s, pos) * s
+            d_u = x - velocity(x, s, neg) * s
+            denoised = d_u + (d_c - d_u) * cfg
+            x = x + (x - denoised) / s * (sigmas[i + 1] - s)
+        ref = x / scale + shift
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4), (out - ref).abs().max()
+
+
+def test_segment_mask_crops_and_fills(pack):
+    Seg, Blend = nodes(pack)[2:]
+    img = torch.rand(2, 10, 12, 3)
+    mask = torch.zeros(1, 10, 12)
+    mask[0, 2:6, 3:9] = 1.0
+    mask[0, 2, 3] = 0.0  # a hole inside the box → neutral grey
+    seg = Seg.execute(img, "x", 1, mask=mask).args[0]
+    out = seg[-1].image
+    assert out.shape == (4, 6, 3)
+    assert torch.equal(out[1:, 1:], img[1, 3:6, 4:9])
+    assert torch.all(out[0, 0] == 0.5)
+    # chains are never modified in place
+    two = Blend.execute(seg, 0.4, "all").args[0]
+    assert seg[-1].ratio == 0.0 and two[-1].ratio == 0.4
+    with pytest.raises(ValueError, match="frame 2 does not exist"):
+        Seg.execute(img, "", 2)
+    with pytest.raises(ValueError, match="selects no pixel"):
+        Seg.execute(img, "", 0, mask=torch.zeros(1, 10, 12))
+    with pytest.raises(ValueError, match="blend ratio"):
+        Blend.execute(seg, 1.5, "last")
+
+
+def test_progress_and_interrupt(pack, models, dit):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    Load, Cond = nodes(pack)[:2]
+    handle, _ = Load.execute(dit, LMM, DIRECT, "fp32", "cpu").args
+    seen = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: seen.append((v, t)))
+    try:
+        Cond.execute(handle, "a green triangle", "generate")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    assert seen[-1] == (5, 5) and len(seen) == 5
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            Cond.execute(handle, "a green triangle", "generate")
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def test_lmm_is_managed_by_comfy(pack, models, dit):
+    import comfy.model_management as mm
+
+    Load, Cond = nodes(pack)[:2]
+    handle, _ = Load.execute(dit, LMM, DIRECT, "fp32", "default").args
+    Cond.execute(handle, "a blue square", "generate")
+    loaded = [m.model for m in mm.current_loaded_models]
+    assert handle.patcher in loaded
+    assert handle.patcher.load_device == mm.text_encoder_device()
