@@ -1,0 +1,307 @@
+"""Training data: the JSONL manifest, its validation, and a resumable loader.
+
+Manifest format (one JSON object per line; blank lines and lines starting with
+``#`` are skipped; image paths are relative to the manifest's folder)::
+
+    {"task": "t2i",         "prompt": "two red circles",            "target": "img/0001.png"}
+    {"task": "reconstruct", "images": ["img/0002.png"],              "target": "img/0002.png"}
+    {"task": "edit",        "images": ["img/0003_src.png"], "prompt": "make it yellow",
+                            "target": "img/0003.png"}
+    {"task": "fuse",        "images": ["img/4_a.png", "img/4_b.png"], "names": ["hat", "cat"],
+                            "prompt": "[cat] wearing [image 1]",     "target": "img/0004.png"}
+
+* ``task``: ``t2i`` (alias ``generate``), ``reconstruct``, ``edit`` or ``fuse``.
+* ``target``: the image the DiT learns to produce (required).
+* ``images``: the input images. ``t2i``/``generate`` may hold images referenced in
+  the prompt as ``[image N]`` (interleaved generation); ``reconstruct`` and ``edit``
+  exactly one; ``fuse`` one or more, each with a name in ``names``.
+* ``prompt``: the caption / instruction (absent for ``reconstruct``).
+* ``ratio`` (optional): a fixed visual-blend ratio for this record's images; the
+  trainer's ``--blend random`` draws ``r ~ U(0, 1)`` per sample instead.
+* Any other field (e.g. ``check`` of the shapes world) is kept and ignored.
+
+Every record is checked before training starts: a bad record is reported as
+``manifest.jsonl:LINE: field 'FIELD': what is wrong`` (all of them at once), so a
+run never crashes mid-epoch on a missing or unreadable image.
+
+Randomness is per sample: the crop, the noise, σ, CFG dropout and the blend ratio
+of sample ``i`` in epoch ``e`` come from a generator seeded with
+``(seed, e, i)``. That makes a run independent of how samples are spread over
+processes and micro-batches (DDP equality) and of where it was resumed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dream_engine_core.prompt import ImageRef, PromptError, build_task_inputs
+
+TASK_ALIASES = {"t2i": "generate", "generate": "generate", "reconstruct": "reconstruct",
+                "edit": "edit", "fuse": "fuse"}
+
+
+class ManifestError(ValueError):
+    """One or more manifest records are invalid; ``problems`` lists (line, field, message)."""
+
+    def __init__(self, path: str, problems: list[tuple[int, str, str]]):
+        self.path = path
+        self.problems = problems
+        head = f"{len(problems)} bad record(s) in {path}:"
+        lines = [f"  {path}:{ln}: field {fld!r}: {msg}" for ln, fld, msg in problems[:50]]
+        if len(problems) > 50:
+            lines.append(f"  ... and {len(problems) - 50} more")
+        super().__init__("\n".join([head] + lines))
+
+
+@dataclass
+class Record:
+    line: int
+    task: str                 # core task name: generate / reconstruct / edit / fuse
+    prompt: str
+    images: list[str]         # absolute paths
+    names: list[str | None]
+    target: str               # absolute path
+    ratio: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def refs(self, ratio: float | None = None) -> list[ImageRef]:
+        r = self.ratio if ratio is None else ratio
+        return [ImageRef(n, r) for n in self.names]
+
+
+def _check_image(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return f"file not found: {path}"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            w, h = im.size
+            if w == 0 or h == 0:
+                return f"image has zero size: {path}"
+    except Exception as e:  # noqa: BLE001 - any decoder error is a bad record
+        return f"unreadable image {path}: {type(e).__name__}: {e}"
+    return None
+
+
+def load_manifest(path: str, check_images: bool = True) -> list[Record]:
+    """Parse and validate a manifest; raise :class:`ManifestError` listing every bad record."""
+    if not os.path.isfile(path):
+        raise ManifestError(path, [(0, "manifest", "file not found")])
+    root = os.path.dirname(os.path.abspath(path))
+    records, problems = [], []
+    seen_images: dict[str, str | None] = {}
+
+    def image(p, ln, fld):
+        if not isinstance(p, str) or not p:
+            problems.append((ln, fld, f"must be a non-empty path string, got {p!r}"))
+            return None
+        full = p if os.path.isabs(p) else os.path.join(root, p)
+        if check_images:
+            if full not in seen_images:
+                seen_images[full] = _check_image(full)
+            if seen_images[full]:
+                problems.append((ln, fld, seen_images[full]))
+                return None
+        return full
+
+    with open(path, encoding="utf-8") as f:
+        for ln, raw in enumerate(f, start=1):
+            s = raw.strip()
+            if not s or s.startswith("#"):
+                continue
+            n_before = len(problems)
+            try:
+                d = json.loads(s)
+            except json.JSONDecodeError as e:
+                problems.append((ln, "(line)", f"not valid JSON: {e.msg} at column {e.colno}"))
+                continue
+            if not isinstance(d, dict):
+                problems.append((ln, "(line)", f"must be a JSON object, got {type(d).__name__}"))
+                continue
+            task = TASK_ALIASES.get(d.get("task"))
+            if task is None:
+                problems.append((ln, "task", f"must be one of {sorted(TASK_ALIASES)}, got {d.get('task')!r}"))
+                continue
+            prompt = d.get("prompt", "")
+            if prompt is None:
+                prompt = ""
+            if not isinstance(prompt, str):
+                problems.append((ln, "prompt", f"must be a string, got {type(prompt).__name__}"))
+                prompt = ""
+            imgs = d.get("images", [])
+            if not isinstance(imgs, list):
+                problems.append((ln, "images", "must be a list of image paths"))
+                imgs = []
+            names = d.get("names")
+            if names is None:
+                names = [None] * len(imgs)
+            elif not isinstance(names, list) or len(names) != len(imgs) or \
+                    not all(n is None or isinstance(n, str) for n in names):
+                problems.append((ln, "names", f"must be a list of {len(imgs)} name strings (one per image)"))
+                names = [None] * len(imgs)
+            if "target" not in d:
+                problems.append((ln, "target", "missing (the image to learn to produce)"))
+            target = image(d.get("target"), ln, "target") if "target" in d else None
+            paths = [image(p, ln, f"images[{k}]") for k, p in enumerate(imgs)]
+            ratio = d.get("ratio", 0.0)
+            try:
+                ratio = float(ratio)
+                if not (0.0 <= ratio <= 1.0):
+                    raise ValueError
+            except (TypeError, ValueError):
+                problems.append((ln, "ratio", f"must be a number in [0, 1], got {d.get('ratio')!r}"))
+                ratio = 0.0
+            if task in ("reconstruct", "edit") and len(imgs) != 1:
+                problems.append((ln, "images", f"task {d['task']!r} needs exactly one image, got {len(imgs)}"))
+            elif task == "edit" and not prompt.strip():
+                problems.append((ln, "prompt", "the edit instruction is empty"))
+            elif task == "generate" and not prompt.strip() and not imgs:
+                problems.append((ln, "prompt", "empty caption"))
+            if len(problems) == n_before:
+                refs = [ImageRef(n) for n in names]
+                try:  # the prompt and its image references must form a model input
+                    build_task_inputs("" if task == "reconstruct" else prompt, refs, task, style="training")
+                except PromptError as e:
+                    fld = "names" if "name" in str(e) and task == "fuse" else "prompt"
+                    problems.append((ln, fld, str(e)))
+            if len(problems) == n_before:
+                extra = {k: v for k, v in d.items() if k not in ("task", "prompt", "images", "names",
+                                                                  "target", "ratio")}
+                records.append(Record(ln, task, "" if task == "reconstruct" else prompt, paths,
+                                      list(names), target, ratio, extra))
+    if problems:
+        raise ManifestError(path, problems)
+    if not records:
+        raise ManifestError(path, [(0, "manifest", "holds no records")])
+    return records
+
+
+# ---------------------------------------------------------------- randomness
+def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> torch.Generator:
+    """The generator of one sample's random draws (independent of process layout)."""
+    s = (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(index)) * 4 + int(stream)
+    return torch.Generator().manual_seed(s % (2 ** 63 - 1))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(int(seed) * 65_537 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+# ---------------------------------------------------------------- images
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def resize_crop(img: Image.Image, size: int, g: torch.Generator | None, random_crop: bool = True) -> torch.Tensor:
+    """Resize the short side to ``size`` and crop ``size × size`` (random or centre) →
+    ``[size, size, 3]`` float in [0, 1] (ComfyUI's IMAGE layout)."""
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    if random_crop and g is not None:
+        x0 = int(torch.randint(0, nw - size + 1, (1,), generator=g))
+        y0 = int(torch.randint(0, nh - size + 1, (1,), generator=g))
+    else:
+        x0, y0 = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((x0, y0, x0 + size, y0 + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+
+
+class ManifestDataset(torch.utils.data.Dataset):
+    """Item ``(epoch, index)`` → the sample's target crop and input images (PIL).
+
+    Indexed by ``(epoch, index)`` so that the crop is drawn from the sample's own
+    generator, whatever worker loads it."""
+
+    def __init__(self, records: list[Record], resolution: int, seed: int, random_crop: bool = True):
+        self.records = records
+        self.resolution = resolution
+        self.seed = seed
+        self.random_crop = random_crop
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        r = self.records[index]
+        g = sample_generator(self.seed, epoch, index, stream=1)
+        target = resize_crop(load_rgb(r.target), self.resolution, g, self.random_crop)
+        inputs = [load_rgb(p) for p in r.images]
+        return {"epoch": epoch, "index": index, "target": target, "inputs": inputs}
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` keys of this rank's share, from a given global position.
+
+    The global order is a per-epoch permutation; each optimizer step consumes
+    ``global_batch`` consecutive keys, of which rank ``k`` takes the ``k``-th
+    contiguous slice of ``global_batch / world`` keys (split further into
+    micro-batches by the loader). The tail of an epoch shorter than a global batch
+    is dropped."""
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int = 0,
+                 shuffle: bool = True, max_steps: int | None = None):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
+        self.steps_per_epoch = n // global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the data set has {n} records, fewer than one global batch of {global_batch}")
+        self.n, self.gb, self.rank, self.world = n, global_batch, rank, world
+        self.seed, self.start_step, self.shuffle, self.max_steps = seed, start_step, shuffle, max_steps
+
+    def position(self, step: int) -> tuple[int, int]:
+        return divmod(step, self.steps_per_epoch)
+
+    def __iter__(self):
+        local = self.gb // self.world
+        step = self.start_step
+        while self.max_steps is None or step < self.max_steps:
+            epoch, k = self.position(step)
+            perm = epoch_permutation(self.n, self.seed, epoch, self.shuffle)
+            base = k * self.gb + self.rank * local
+            for i in perm[base:base + local]:
+                yield (epoch, i)
+            step += 1
+
+    def __len__(self):
+        if self.max_steps is None:
+            raise TypeError("endless sampler")
+        return (self.max_steps - self.start_step) * (self.gb // self.world)
+
+
+def collate(items):
+    return items
+
+
+def make_loader(records, resolution, seed, global_batch, micro_batch, rank, world, start_step, max_steps,
+                workers: int = 0, shuffle: bool = True, random_crop: bool = True):
+    ds = ManifestDataset(records, resolution, seed, random_crop)
+    sampler = ResumableSampler(len(records), global_batch, rank, world, seed, start_step, shuffle, max_steps)
+    kw = {}
+    if workers > 0:
+        kw = {"num_workers": workers, "persistent_workers": False, "prefetch_factor": 2}
+    return torch.utils.data.DataLoader(ds, batch_size=micro_batch, sampler=sampler, collate_fn=collate,
+                                       drop_last=False, **kw), sampler
+
+
+def logit_normal_sigma(g: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0) -> float:
+    """σ = sigmoid(N(mean, std)), optionally time-shifted as SD3's scheduler (shift·σ / (1 + (shift−1)·σ))."""
+    u = torch.randn((1,), generator=g).item() * std + mean
+    s = 1.0 / (1.0 + math.exp(-u))
+    if shift != 1.0:
+        s = shift * s / (1 + (shift - 1) * s)
+    return s
