@@ -169,7 +169,8 @@ def load_manifest(path: str, check_images: bool = True) -> list[Record]:
                 try:  # the prompt and its image references must form a model input
                     build_task_inputs("" if task == "reconstruct" else prompt, refs, task, style="training")
                 except PromptError as e:
-                    fld = "names" if "name" in str(e) and task == "fuse" else "prompt"
+                    m = str(e)
+                    fld = "names" if ("a name (e.g." in m or "are named" in m or "reserved" in m) else "prompt"
                     problems.append((ln, fld, str(e)))
             if len(problems) == n_before:
                 extra = {k: v for k, v in d.items() if k not in ("task", "prompt", "images", "names",

@@ -1,0 +1,43 @@
+"""A complete tiny training setup (tests, docs quick-start): SD3.5-format DiT,
+16-channel VAE, small Qwen2-VL and a shapes-world manifest covering all four tasks.
+
+    python -m training.tiny_run build/tiny_train     # then see docs/training.md
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, seed: int = 0,
+                            image_size: int = 32) -> dict[str, str]:
+    """Write (or keep) the files and return their paths: dit, vae, lmm, manifest."""
+    from .host import import_comfy
+
+    import_comfy()
+    from dream_engine_core.testing import LMMSize, build_tiny_qwen2vl
+
+    from .shapes_world import write_dataset
+    from .tiny_models import build_tiny_sd35, build_tiny_vae
+
+    paths = {
+        "dit": os.path.join(folder, "dit.safetensors"),
+        "vae": os.path.join(folder, "vae.safetensors"),
+        "lmm": os.path.join(folder, "tiny-Qwen2-VL"),
+        "manifest": os.path.join(folder, "data", "manifest.jsonl"),
+    }
+    if not os.path.exists(paths["dit"]):
+        build_tiny_sd35(paths["dit"], depth=depth, seed=seed)
+    if not os.path.exists(paths["vae"]):
+        build_tiny_vae(paths["vae"], seed=seed)
+    if not os.path.exists(os.path.join(paths["lmm"], "model.safetensors")):
+        build_tiny_qwen2vl(paths["lmm"], LMMSize(), seed=seed)
+    if not os.path.exists(paths["manifest"]):
+        write_dataset(os.path.join(folder, "data"), n_records, seed=seed, size=image_size)
+    return paths
+
+
+if __name__ == "__main__":
+    for k, v in build_tiny_training_set(sys.argv[1] if len(sys.argv) > 1 else "build/tiny_train",
+                                        n_records=int(sys.argv[2]) if len(sys.argv) > 2 else 16).items():
+        print(f"{k}: {v}")
