@@ -1,0 +1,287 @@
+"""One benchmark case in a fresh process: ``python -m benchmarks.worker CASE JSON_ARGS``.
+
+Every case runs in its own interpreter so that its peak RSS (``ru_maxrss``) is its
+own and no case warms another's caches. The result is printed as one line
+``RESULT {json}`` on stdout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+T_START = time.time()  # wall clock at interpreter start of this module (cold-load cases)
+
+import torch  # noqa: E402
+
+
+# ---------------------------------------------------------------- helpers
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def stats(xs: list) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "all": xs}
+
+
+def timeit(fn, repeats: int = 5, min_warmup: int = 2, max_warmup: int = 6, settle: float = 0.10) -> dict:
+    """Warm up until two consecutive runs agree within ``settle`` (at least ``min_warmup``
+    runs, at most ``max_warmup``), then time ``repeats`` runs."""
+    warm = []
+    for i in range(max_warmup):
+        t = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - t)
+        if i + 1 >= max(2, min_warmup) and abs(warm[-1] - warm[-2]) <= settle * min(warm[-1], warm[-2]):
+            break
+    xs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        xs.append(time.perf_counter() - t)
+    out = stats(xs)
+    out["warmup"] = warm
+    return out
+
+
+# ---------------------------------------------------------------- figure 1
+def case_hardware(args: dict) -> dict:
+    """Matmul throughput at the encoder's shapes (bf16 and fp32) and copy bandwidth."""
+    repeats = args.get("repeats", 5)
+    shapes = args.get("shapes")
+    res = {"threads": torch.get_num_threads(), "matmul": []}
+    for name, m, k, n in shapes:
+        for dt in (torch.bfloat16, torch.float32):
+            a = torch.randn(m, k).to(dt)
+            w = torch.randn(n, k).to(dt)  # nn.Linear layout: y = a @ w.T
+            inner = max(1, int(2e9 // (2 * m * k * n)))  # ~2 GFLOP per timed call
+
+            def f():
+                for _ in range(inner):
+                    torch.nn.functional.linear(a, w)
+            s = timeit(f, repeats=repeats)
+            fl = 2 * m * k * n * inner
+            res["matmul"].append({"name": name, "m": m, "k": k, "n": n, "dtype": str(dt).replace("torch.", ""),
+                                  "tflops": fl / s["median"] / 1e12, "tflops_max": fl / s["min"] / 1e12,
+                                  "tflops_min": fl / s["max"] / 1e12})
+    size = int(args.get("copy_bytes", 1 << 30))
+    src = torch.empty(size, dtype=torch.uint8)
+    src.fill_(1)
+    dst = torch.empty_like(src)
+    dst.fill_(0)
+    s = timeit(lambda: dst.copy_(src), repeats=repeats)
+    res["copy"] = {"bytes": size, "gbps": 2 * size / s["median"] / 1e9, "gbps_max": 2 * size / s["min"] / 1e9,
+                   "gbps_min": 2 * size / s["max"] / 1e9}
+    # read-only stream (a sum over bf16 weights-sized data), for reference
+    x = torch.ones(size // 2, dtype=torch.bfloat16)
+    s = timeit(lambda: x.sum(), repeats=repeats)
+    res["read"] = {"bytes": size, "gbps": size / s["median"] / 1e9}
+    return res
+
+
+# ---------------------------------------------------------------- Dream Engine
+def _engine(args):
+    import dream_engine_core  # noqa: F401
+    from dream_engine_core.engine import DreamEngine
+
+    dtype = getattr(torch, args.get("dtype", "bfloat16"))
+    t = time.perf_counter()
+    eng = DreamEngine.load(args["lmm_folder"], args["adapter"], dtype=dtype)
+    return eng, time.perf_counter() - t
+
+
+def _count_fn(eng):
+    from dream_engine_core.prompt import build_task_inputs
+
+    def count(prompt):
+        ti = build_task_inputs(prompt, [], "generate", "inference")
+        return eng.encoder.token_count(ti.cond, eng.encoder.prepare_images([]))
+    return count
+
+
+def _prompt_and_images(eng, spec: dict):
+    from .prompts import PROMPT_20, image_prompt, long_prompt, test_image
+
+    kind = spec["prompt"]
+    if kind == "20w":
+        return PROMPT_20, []
+    if kind.startswith("tokens"):
+        return long_prompt(int(kind[6:]), _count_fn(eng)), []
+    if kind.startswith("images"):
+        n = int(kind[6:])
+        w, h = spec.get("image_size", (512, 512))
+        return image_prompt(n), [test_image(i, w, h) for i in range(n)]
+    raise ValueError(kind)
+
+
+def _de_measure(eng, prompt, images, opts, repeats, breakdown=True) -> dict:
+    from .flops import encode_cost
+
+    enc = eng.encoder
+    pos, neg = eng.encode(prompt, images, options=opts)
+    prep = enc.prepare_images(images, opts.short_side, opts.min_pixels, opts.max_pixels)
+    patches = [int(g.prod()) for g in prep.grid_thw] if prep.grid_thw is not None else []
+    cost = encode_cost(enc.model.config, eng.adapter.spec, pos.tokens.shape[1], neg.tokens.shape[1], patches,
+                       esize=torch.tensor([], dtype=enc.dtype).element_size())
+    out = {"cond_tokens": int(pos.tokens.shape[1]), "uncond_tokens": int(neg.tokens.shape[1]),
+           "image_tokens": list(prep.tokens_per_image), "patches": patches, "cost": cost,
+           "time": timeit(lambda: eng.encode(prompt, images, options=opts), repeats=repeats)}
+    if breakdown:  # where the time goes (the same calls encode makes)
+        from dream_engine_core.prompt import build_task_inputs
+
+        ti = build_task_inputs(prompt, [__import__("dream_engine_core.prompt", fromlist=["ImageRef"]).ImageRef()
+                                        for _ in images], "generate", opts.style)
+        r = max(2, repeats // 2)
+        parts = {"prepare_images": timeit(lambda: enc.prepare_images(images, opts.short_side, opts.min_pixels,
+                                                                      opts.max_pixels), repeats=r, min_warmup=1)}
+        if images:
+            def vis():
+                p = enc.prepare_images(images, opts.short_side, opts.min_pixels, opts.max_pixels)
+                p.features = None
+                enc.vision_features(p)
+            vis_t = timeit(vis, repeats=r, min_warmup=1)
+            vis_t["median"] -= parts["prepare_images"]["median"]
+            parts["vision"] = vis_t
+        enc.vision_features(prep)
+        parts["lm_cond"] = timeit(lambda: enc.encode(ti.cond, prep), repeats=r, min_warmup=1)
+        parts["lm_uncond"] = timeit(lambda: enc.encode(ti.uncond, prep), repeats=r, min_warmup=1)
+        sc = enc.encode(ti.cond, prep)
+        parts["adapter"] = timeit(lambda: eng._adapt(sc, opts, "generate"), repeats=r, min_warmup=1)
+        out["parts"] = {k: {"median": v["median"], "min": v["min"]} for k, v in parts.items()}
+    return out
+
+
+def case_de_encode(args: dict) -> dict:
+    from dream_engine_core.engine import EncodeOptions
+
+    torch.manual_seed(0)
+    eng, load_s = _engine(args)
+    res = {"load_s": load_s, "rss_after_load": current_rss(), "threads": torch.get_num_threads()}
+    prompt, images = _prompt_and_images(eng, args)
+    opts = EncodeOptions(**args.get("options", {}))
+    res.update(_de_measure(eng, prompt, images, opts, args.get("repeats", 5), args.get("breakdown", True)))
+    res["prompt_words"] = len(prompt.split())
+    res["prompt_text"] = prompt
+    res["peak_rss"] = peak_rss()
+    return res
+
+
+def case_de_scaling(args: dict) -> dict:
+    """Encode time against the number of images and against max_pixels (one process)."""
+    from dream_engine_core.engine import EncodeOptions
+
+    from .prompts import image_prompt, test_image
+
+    eng, load_s = _engine(args)
+    rep = args.get("repeats", 3)
+    res = {"load_s": load_s, "images": [], "resolution": []}
+    for n in args.get("n_images", [0, 1, 2, 3, 4]):
+        m = _de_measure(eng, image_prompt(n), [test_image(i) for i in range(n)], EncodeOptions(), rep, False)
+        m["n_images"] = n
+        res["images"].append(m)
+    for mp in args.get("max_pixels", []):
+        opts = EncodeOptions(short_side=None, max_pixels=int(mp))
+        w, h = args.get("res_image", (1344, 1344))
+        m = _de_measure(eng, image_prompt(1), [test_image(7, w, h)], opts, rep, False)
+        m["max_pixels"] = int(mp)
+        res["resolution"].append(m)
+    res["peak_rss"] = peak_rss()
+    return res
+
+
+# ---------------------------------------------------------------- ComfyUI TripleCLIP
+def _load_tripleclip(paths: list):
+    from training.host import import_comfy
+
+    import_comfy()
+    import comfy.sd
+
+    t = time.perf_counter()
+    clip = comfy.sd.load_clip(ckpt_paths=paths, clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)  # as TripleCLIPLoader
+    return clip, time.perf_counter() - t
+
+
+def _clip_encode(clip, text):
+    tokens = clip.tokenize(text)  # CLIPTextEncode.encode
+    return clip.encode_from_tokens_scheduled(tokens), tokens
+
+
+def case_clip_encode(args: dict) -> dict:
+    from .prompts import PROMPT_20, long_prompt
+
+    clip, load_s = _load_tripleclip(args["clip_paths"])
+    res = {"load_s": load_s, "rss_after_load": current_rss(), "threads": torch.get_num_threads()}
+    text = PROMPT_20 if args["prompt"] == "20w" else args["text"]
+    with torch.inference_mode():
+        cond, tokens = _clip_encode(clip, text)
+        res["tokens"] = {k: sum(len(c) for c in v) for k, v in tokens.items()}
+        res["cond_shape"] = list(cond[0][0].shape)
+        res["time"] = timeit(lambda: _clip_encode(clip, text), repeats=args.get("repeats", 3),
+                             min_warmup=1, max_warmup=3)
+    res["weight_dtypes"] = sorted({str(p.dtype) for p in clip.cond_stage_model.parameters()})
+    res["peak_rss"] = peak_rss()
+    return res
+
+
+# ---------------------------------------------------------------- cold load (figure 4)
+def case_cold_de(args: dict) -> dict:
+    """From an empty process to the first conditioning: imports, load, first encode."""
+    t_import = time.time()
+    from dream_engine_core.engine import EncodeOptions
+
+    from .prompts import PROMPT_20
+
+    t0 = time.time()
+    eng, load_s = _engine(args)
+    t1 = time.time()
+    with torch.inference_mode():
+        eng.encode(PROMPT_20, [], options=EncodeOptions())
+    t2 = time.time()
+    return {"t_module": T_START, "t_imports_done": t0, "t_import_start": t_import, "load_s": t1 - t0,
+            "first_encode_s": t2 - t1, "t_done": t2, "peak_rss": peak_rss()}
+
+
+def case_cold_clip(args: dict) -> dict:
+    from .prompts import PROMPT_20
+
+    from training.host import import_comfy
+
+    import_comfy()
+    import comfy.sd  # noqa: F401
+
+    t0 = time.time()
+    clip, load_s = _load_tripleclip(args["clip_paths"])
+    t1 = time.time()
+    with torch.inference_mode():
+        _clip_encode(clip, PROMPT_20)
+    t2 = time.time()
+    return {"t_module": T_START, "t_imports_done": t0, "load_s": t1 - t0, "first_encode_s": t2 - t1,
+            "t_done": t2, "peak_rss": peak_rss()}
+
+
+CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
+
+
+def main():
+    case, args = sys.argv[1], json.loads(sys.argv[2])
+    if args.get("threads"):
+        torch.set_num_threads(int(args["threads"]))
+    out = CASES[case](args)
+    sys.stdout.write("RESULT " + json.dumps(out) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # do not spend the parent's clock on interpreter teardown
+
+
+if __name__ == "__main__":
+    main()
