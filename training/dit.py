@@ -255,3 +255,21 @@ def merge_diffusers_lora(base_sd: dict, lora_sd: dict, depth: int, strength: flo
             out[f"joint_blocks.{m.group(1)}.{ours}.weight"] += delta
         done.add(stem)
     return out
+
+
+def mmdit_from_state_dict(sd: dict):
+    """A plain ComfyUI ``MMDiT`` (SD3.5 layout, RMS qk-norm) built from a ComfyUI-layout
+    state dict, outside any model wrapper — the hand reference of the tests."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    import comfy.ops
+
+    hidden, ctx = sd["context_embedder.weight"].shape
+    m = MMDiT(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=hidden // 64,
+              adm_in_channels=sd["y_embedder.mlp.0.weight"].shape[1],
+              context_embedder_config={"target": "torch.nn.Linear",
+                                       "params": {"in_features": ctx, "out_features": hidden}},
+              pos_embed_max_size=int(sd["pos_embed"].shape[1] ** 0.5), num_patches=sd["pos_embed"].shape[1],
+              qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32,
+              operations=comfy.ops.disable_weight_init)
+    m.load_state_dict(sd)
+    return m.eval()
