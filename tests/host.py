@@ -43,7 +43,7 @@ SMALL = {
     "lmm": "tiny-Qwen2-VL",
     "adapter": "tiny_direct_map.safetensors",
     "adapter_standard": "tiny_standard_map.safetensors",
-    "size": 384,  # the small DiT's position embedding covers up to 768 px
+    "size": 256,  # the small DiT's position embedding covers up to 768 px
 }
 
 

@@ -99,3 +99,22 @@ def build_demo_models(models_dir: str, depth: int = 2, seed: int = 0) -> dict[st
         build_tiny_adapter(paths["adapter_standard"], lmm_dim=lmm_dim, kind="standard",
                            token_dim=TINY_CONTEXT_DIM, pooled_dim=TINY_POOLED_DIM, seed=seed + 1)
     return {k: os.path.basename(v) for k, v in paths.items()}
+
+
+def build_tiny_dit_lora(path: str, depth: int = 2, rank: int = 4, scale: float = 0.5, seed: int = 0,
+                        projections=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj")) -> str:
+    """A LoRA for the small DiT in diffusers/peft names
+    (``transformer.transformer_blocks.N.attn.to_q.lora_A.weight`` / ``lora_B``), the form
+    ComfyUI's ``LoraLoaderModelOnly`` maps for SD3. Both factors are non-zero, so
+    loading it changes the model's output."""
+    hidden = 64 * depth
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for n in range(depth):
+        for p in projections:
+            key = f"transformer.transformer_blocks.{n}.attn.{p}"
+            sd[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=g) * scale / hidden ** 0.5
+            sd[f"{key}.lora_B.weight"] = torch.randn(hidden, rank, generator=g) * scale / rank ** 0.5
+    atomic_save(sd, path)
+    return path
+

@@ -1,0 +1,99 @@
+"""Every shipped workflow, queued through the HTTP API of the real ComfyUI server
+with the pack in custom_nodes, on the small same-architecture models."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import host
+
+WORKFLOWS = host.workflow_files()
+
+
+@pytest.fixture(scope="module")
+def server():
+    return host.get_server()
+
+
+def test_workflow_files_are_generated_and_paired():
+    assert len(WORKFLOWS) == 5
+    r = subprocess.run([sys.executable, os.path.join(host.WORKFLOWS, "build_workflows.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for ui in WORKFLOWS:
+        assert os.path.isfile(host.api_twin(ui)), f"no API twin for {ui}"
+
+
+def test_templates_listed(server):
+    t = server.get("/api/workflow_templates")
+    assert sorted(t[host.PACK_NAME]) == sorted(os.path.splitext(os.path.basename(p))[0] for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("ui_path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
+def test_ui_workflow_matches_node_definitions(server, ui_path):
+    """Socket inputs and widget values line up with what the server declares."""
+    info = server.get("/object_info")
+    with open(ui_path) as f:
+        ui = json.load(f)
+    for node in ui["nodes"]:
+        if node["type"] == "Note":
+            continue
+        d = info[node["type"]]
+        spec = {**d["input"].get("required", {}), **d["input"].get("optional", {})}
+        order = d["input_order"].get("required", []) + d["input_order"].get("optional", [])
+        sockets = [n for n in order if not isinstance(spec[n][0], list) and spec[n][0] not in
+                   ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        widgets = [n for n in order if n not in sockets]
+        opts = {n: (spec[n][1] if len(spec[n]) > 1 else {}) for n in order}
+        assert [i["name"] for i in node["inputs"]] == sockets, node["type"]
+        extra = sum(1 for w in widgets if opts[w].get("control_after_generate")) + \
+            (1 if node["type"] == "LoadImage" else 0)
+        assert len(node["widgets_values"]) == len(widgets) + extra, node["type"]
+        assert [o["type"] for o in node["outputs"]] == d["output"], node["type"]
+
+
+@pytest.mark.parametrize("ui_path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
+def test_workflow_runs(server, ui_path):
+    prompt = host.small_model_profile(host.load_api(host.api_twin(ui_path)))
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", host.execution_error(entry)
+    images = server.output_images(entry)
+    assert len(images) == 1 and os.path.isfile(images[0])
+    im = Image.open(images[0])
+    scale = 1.5 if "upscale" in ui_path else 1.0
+    assert im.size == (int(host.SMALL["size"] * scale),) * 2
+
+
+def test_lora_workflow_runs(server):
+    """LoraLoaderModelOnly between Load Dream Engine and the sampler (stage-2 LoRA)."""
+    from training.tiny_models import build_tiny_dit_lora
+
+    lora = os.path.join(server.base_dir, "models", "loras", "dream_engine_tiny_lora.safetensors")
+    if not os.path.exists(lora):
+        build_tiny_dit_lora(lora)
+    base = host.small_model_profile(host.load_api("1_text_to_image.json"))
+    ks = host.nodes_of(base, "KSampler")[0]
+    base[ks]["inputs"]["seed"] = 1234
+    with_lora = json.loads(json.dumps(base))
+    with_lora["100"] = {"class_type": "LoraLoaderModelOnly",
+                        "inputs": {"model": with_lora[ks]["inputs"]["model"],
+                                   "lora_name": os.path.basename(lora), "strength_model": 1.0}}
+    with_lora[ks]["inputs"]["model"] = ["100", 0]
+    before = server.log_text().count("lora key not loaded")
+    a = server.run(base)
+    b = server.run(with_lora)
+    assert a["status"]["status_str"] == b["status"]["status_str"] == "success", host.execution_error(b)
+    assert server.log_text().count("lora key not loaded") == before
+    ia, ib = (Image.open(server.output_images(e)[0]).tobytes() for e in (a, b))
+    assert ia != ib, "the LoRA did not change the output"
+
+
+def test_standard_map_adapter_runs(server):
+    prompt = host.small_model_profile(host.load_api("3_object_fusion.json"), adapter=host.SMALL["adapter_standard"])
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", host.execution_error(entry)
