@@ -53,7 +53,8 @@ NODE_DEFS = {
                               [("segments", "DREAM_SEGMENTS")]),
 }
 SIZES = {"KSampler": [315, 262], "DreamEngineInterleavedConditioning": [400, 260], "LoadImage": [315, 314],
-         "LoadDreamEngine": [330, 150], "Note": [360, 180]}
+         "LoadDreamEngine": [330, 150], "Note": [360, 180],
+         "VAEDecode": [210, 46], "DreamEngineImageSegment": [315, 150], "SaveImage": [420, 460]}
 
 
 class Graph:
@@ -159,14 +160,14 @@ def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"
     ks = g.add("KSampler", (1200, 40), {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler",
                                         "scheduler": "simple", "denoise": 1.0},
                model=(eng, 1), positive=(cond, 0), negative=(cond, 1), latent_image=(lat, 0))
-    dec = g.add("VAEDecode", (1560, 40), {}, samples=(ks, 0), vae=(vae, 0))
+    dec = g.add("VAEDecode", (1550, 40), {}, samples=(ks, 0), vae=(vae, 0))
     return cond, dec
 
 
 def text_to_image() -> Graph:
     g = Graph("Dream Engine 1: text to image", "Text to image with the Dream Engine.\n" + MODELS_NOTE)
     _, dec = _base(g, "a red fox sitting in a snowy forest at sunrise, soft light, detailed fur", "generate")
-    g.add("SaveImage", (1820, 40), {"filename_prefix": "dream_engine/text_to_image"}, images=(dec, 0))
+    g.add("SaveImage", (1800, 40), {"filename_prefix": "dream_engine/text_to_image"}, images=(dec, 0))
     return g
 
 
@@ -180,7 +181,7 @@ def edit() -> Graph:
     img = _image(g, "image", 360, "dream_engine_example_1.png")
     seg = g.add("DreamEngineImageSegment", (380, 360), {"name": "", "frame": 0}, image=(img, 0))
     _, dec = _base(g, "make the disc green and put it on a beach", "edit", segments=(seg, 0))
-    g.add("SaveImage", (1820, 40), {"filename_prefix": "dream_engine/edit"}, images=(dec, 0))
+    g.add("SaveImage", (1800, 40), {"filename_prefix": "dream_engine/edit"}, images=(dec, 0))
     return g
 
 
@@ -189,14 +190,14 @@ def fusion() -> Graph:
               "Combine two objects (task fuse). Each segment is named after its object and carries its own "
               "blend ratio r.\n" + MODELS_NOTE)
     a = _image(g, "a", 360, "dream_engine_example_1.png")
-    b = _image(g, "b", 720, "dream_engine_example_2.png")
+    b = _image(g, "b", 760, "dream_engine_example_2.png")
     sa = g.add("DreamEngineImageSegment", (380, 360), {"name": "disc", "frame": 0}, image=(a, 0))
-    ra = g.add("DreamEngineBlendRatio", (380, 520), {"ratio": 0.3, "apply_to": "last"}, segments=(sa, 0))
-    sb = g.add("DreamEngineImageSegment", (380, 720), {"name": "box", "frame": 0}, image=(b, 0),
+    ra = g.add("DreamEngineBlendRatio", (380, 540), {"ratio": 0.3, "apply_to": "last"}, segments=(sa, 0))
+    sb = g.add("DreamEngineImageSegment", (380, 760), {"name": "box", "frame": 0}, image=(b, 0),
                segments=(ra, 0))
-    rb = g.add("DreamEngineBlendRatio", (380, 880), {"ratio": 0.7, "apply_to": "last"}, segments=(sb, 0))
+    rb = g.add("DreamEngineBlendRatio", (380, 940), {"ratio": 0.7, "apply_to": "last"}, segments=(sb, 0))
     _, dec = _base(g, "the [disc] balanced on top of the [box] on a wooden table", "fuse", segments=(rb, 0))
-    g.add("SaveImage", (1820, 40), {"filename_prefix": "dream_engine/fusion"}, images=(dec, 0))
+    g.add("SaveImage", (1800, 40), {"filename_prefix": "dream_engine/fusion"}, images=(dec, 0))
     return g
 
 
@@ -206,9 +207,9 @@ def reconstruct() -> Graph:
               "variation follows the image's appearance.\n" + MODELS_NOTE)
     img = _image(g, "image", 360, "dream_engine_example_2.png")
     seg = g.add("DreamEngineImageSegment", (380, 360), {"name": "", "frame": 0}, image=(img, 0))
-    r = g.add("DreamEngineBlendRatio", (380, 520), {"ratio": 0.5, "apply_to": "last"}, segments=(seg, 0))
+    r = g.add("DreamEngineBlendRatio", (380, 540), {"ratio": 0.5, "apply_to": "last"}, segments=(seg, 0))
     _, dec = _base(g, "", "reconstruct", segments=(r, 0))
-    g.add("SaveImage", (1820, 40), {"filename_prefix": "dream_engine/reconstruct"}, images=(dec, 0))
+    g.add("SaveImage", (1800, 40), {"filename_prefix": "dream_engine/reconstruct"}, images=(dec, 0))
     return g
 
 
@@ -219,8 +220,8 @@ def artist_chain() -> Graph:
     img = _image(g, "image", 360, "dream_engine_example_1.png")
     seg = g.add("DreamEngineImageSegment", (380, 360), {"name": "", "frame": 0}, image=(img, 0))
     _, dec = _base(g, "paint it as a watercolour", "edit", segments=(seg, 0))
-    up = g.add("ImageScaleBy", (1820, 40), {"upscale_method": "lanczos", "scale_by": 1.5}, image=(dec, 0))
-    g.add("SaveImage", (2160, 40), {"filename_prefix": "dream_engine/edit_upscaled"}, images=(up, 0))
+    up = g.add("ImageScaleBy", (1800, 40), {"upscale_method": "lanczos", "scale_by": 1.5}, image=(dec, 0))
+    g.add("SaveImage", (2140, 40), {"filename_prefix": "dream_engine/edit_upscaled"}, images=(up, 0))
     return g
 
 
