@@ -1,0 +1,119 @@
+"""`make demo`: run workflow 1 (text to image) on the real ComfyUI server and print
+the PNG it saved.
+
+    make demo                                   # small built-in models (random weights)
+    make demo DEMO_ARGS="--models-dir /path/to/ComfyUI/models"   # your own models
+    make demo DEMO_ARGS="--prompt 'a red fox' --steps 20"
+
+What it does: lays out a ComfyUI base directory (default ``build/demo``), builds
+or finds the small same-architecture models there (an SD3.5-format MMDiT, a
+16-channel TAESD VAE, a small Qwen2-VL folder and a direct-map adapter) unless
+``--models-dir`` is given, links this repository into ``custom_nodes``, starts
+ComfyUI on 127.0.0.1, queues ``workflows/api/1_text_to_image.json`` through the
+HTTP API, waits, prints the output path and stops the server. Nothing is
+downloaded.
+
+With ``--models-dir`` the workflow's file names are used as shipped
+(``dream_engine_sd35_large.safetensors``, ``sd3.5_vae.safetensors``,
+``Qwen2-VL-2B-Instruct``, ``dream_engine_direct_map.safetensors``); override
+them with ``--unet``, ``--vae``, ``--lmm``, ``--adapter``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_harness():
+    spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", help="your ComfyUI models folder (diffusion_models/, vae/, LLM/, dream_engine/)")
+    ap.add_argument("--workdir", default=os.path.join(ROOT, "build", "demo"),
+                    help="ComfyUI base directory to use (default: build/demo)")
+    ap.add_argument("--workflow", default="1_text_to_image.json", help="API workflow in workflows/api/")
+    ap.add_argument("--prompt", help="replace the workflow's prompt text")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--size", type=int, help="image width and height (built-in models: 256 by default)")
+    ap.add_argument("--unet")
+    ap.add_argument("--vae")
+    ap.add_argument("--lmm")
+    ap.add_argument("--adapter")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: --cpu)")
+    ap.add_argument("--timeout", type=float, default=1800)
+    args = ap.parse_args(argv)
+
+    host = load_harness()
+    t0 = time.time()
+    base = os.path.abspath(args.workdir)
+    if args.models_dir and not os.path.isdir(args.models_dir):
+        print(f"models folder not found: {args.models_dir}", file=sys.stderr)
+        return 2
+    print(f"[demo] ComfyUI base directory: {base}")
+    print("[demo] models: " + (os.path.abspath(args.models_dir) if args.models_dir else
+                               "built-in small models (random weights; the image is noise-like by design)"))
+    host.prepare_base_dir(base, args.models_dir)
+    prompt = host.load_api(args.workflow)
+    if not args.models_dir:
+        prompt = host.small_model_profile(prompt, size=args.size)
+    for node in prompt.values():
+        ct, inp = node["class_type"], node["inputs"]
+        if ct == "UNETLoader" and args.unet:
+            inp["unet_name"] = args.unet
+        if ct == "VAELoader" and args.vae:
+            inp["vae_name"] = args.vae
+        if ct == "LoadDreamEngine":
+            if args.lmm:
+                inp["lmm"] = args.lmm
+            if args.adapter:
+                inp["adapter"] = args.adapter
+        if ct == "DreamEngineInterleavedConditioning" and args.prompt is not None:
+            inp["prompt"] = args.prompt
+        if ct == "KSampler":
+            if args.seed is not None:
+                inp["seed"] = args.seed
+            if args.steps:
+                inp["steps"] = args.steps
+        if ct == "EmptySD3LatentImage" and args.size:
+            inp["width"] = inp["height"] = args.size
+
+    server = host.ComfyServer(base, port=args.port, cpu=not args.gpu)
+    print(f"[demo] starting ComfyUI on {server.url} (log: {server.log_path})")
+    server.start()
+    try:
+        t1 = time.time()
+        try:
+            entry = server.run(prompt, timeout=args.timeout)
+        except host.PromptRejected as e:
+            print(f"[demo] the server refused the workflow:\n{e}", file=sys.stderr)
+            return 1
+        if entry["status"]["status_str"] != "success":
+            err = host.execution_error(entry) or {}
+            print(f"[demo] the workflow failed in {err.get('node_type')}: {err.get('exception_message')}",
+                  file=sys.stderr)
+            return 1
+        images = server.output_images(entry)
+        print(f"[demo] workflow {args.workflow} ran in {time.time() - t1:.1f}s (total {time.time() - t0:.1f}s)")
+        for p in images:
+            print(p)
+        return 0 if images else 1
+    finally:
+        server.stop()
+        print("[demo] server stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
