@@ -197,6 +197,12 @@ class TrainModule(torch.nn.Module):
         return total, torch.cat(losses) if losses else None
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor (an FSDP-sharded DTensor is gathered)."""
+    t = t.detach()
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def lr_lambda(steps: int, warmup_frac: float):
     warm = max(1, int(round(steps * warmup_frac))) if warmup_frac > 0 else 0
 
@@ -270,6 +276,15 @@ class Trainer:
         if c.gradient_checkpointing:
             dit.use_checkpoint = True
         self.module = TrainModule(adapter, dit, c.target, c.pooling).to(self.device)
+        fsdp = self.world > 1 and c.parallel == "fsdp"
+        if fsdp:  # shard before the optimizer sees the parameters (fully_shard replaces them with DTensors)
+            if self.resume and self._find_resume(self.resume):
+                raise ValueError("resuming an FSDP run is not supported yet; resume it with --parallel ddp")
+            from torch.distributed.fsdp import fully_shard
+
+            for blk in dit.joint_blocks:
+                fully_shard(blk)
+            fully_shard(self.module)
         self.names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.params = [p for n, p in self.module.named_parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
@@ -281,17 +296,10 @@ class Trainer:
             if path:
                 self.load_checkpoint(path)
         self.wrapped = self.module
-        if self.world > 1:
-            if c.parallel == "fsdp":
-                from torch.distributed.fsdp import fully_shard
+        if self.world > 1 and not fsdp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-                for blk in dit.joint_blocks:
-                    fully_shard(blk)
-                self.wrapped = fully_shard(self.module)
-            else:
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                self.wrapped = DDP(self.module, device_ids=[self.local] if self.device.type == "cuda" else None)
+            self.wrapped = DDP(self.module, device_ids=[self.local] if self.device.type == "cuda" else None)
         return self
 
     # ------------------------------------------------------------ samples
@@ -321,8 +329,11 @@ class Trainer:
             samples.append({"hidden": st.hidden.float().clone(), "x0": x0[k], "noise": noise.to(self.device),
                             "sigma": sigma, "key": (it["epoch"], it["index"])})
         groups = {}
-        for s in samples:
-            groups.setdefault(s["hidden"].shape[1], []).append(s)
+        # FSDP: every rank must run the same number of DiT forwards (each gathers the
+        # shards), so each sample is its own group; otherwise equal lengths are batched
+        one_each = self.world > 1 and c.parallel == "fsdp"
+        for k, s in enumerate(samples):
+            groups.setdefault(k if one_each else s["hidden"].shape[1], []).append(s)
         out = []
         for L in sorted(groups):
             ss = groups[L]
@@ -401,14 +412,16 @@ class Trainer:
     def save_checkpoint(self):
         tensors = {}
         for n, p in zip(self.names, self.params):
-            tensors["param." + n] = p.detach()
+            tensors["param." + n] = _full(p)
         if self.ema is not None:
             for n, e in zip(self.names, self.ema):
                 tensors["ema." + n] = e
         st = self.opt.state_dict()["state"]
         for i, s in st.items():
             for k, v in s.items():
-                tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+                tensors[f"optim.{i}.{k}"] = _full(v) if torch.is_tensor(v) else torch.tensor(v)
+        if self.rank != 0:
+            return None
         tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -537,7 +550,7 @@ class Trainer:
             losses.append(loss)
             row = {"step": self.step, "loss": f"{loss:.8f}", "lr": f"{lr:.6g}", "grad_norm": f"{float(gn):.6g}",
                    "samples_per_s": f"{c.batch / max(1e-9, time.time() - t0):.3f}", "val_loss": ""}
-            if c.val_every and self.step % c.val_every == 0 and self.rank == 0:
+            if c.val_every and self.step % c.val_every == 0 and self.rank == 0 and c.parallel != "fsdp":
                 row["val_loss"] = f"{self.eval_loss():.8f}"
                 self._save_render()
             if self.rank == 0:
@@ -545,17 +558,18 @@ class Trainer:
                     self._write_log(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if c.ckpt_every and (self.step % c.ckpt_every == 0 or self.step == self.steps):
-                    self.save_checkpoint()
+            if c.ckpt_every and (self.step % c.ckpt_every == 0 or self.step == self.steps):
+                self.save_checkpoint()  # every rank gathers (FSDP); rank 0 writes
             if self.world > 1:
                 import torch.distributed as dist
                 dist.barrier()
             if c.debug_step_delay:
                 time.sleep(c.debug_step_delay)
         bar.close()
+        params = self.trained_params()  # every rank (FSDP gathers)
         if self.rank == 0:
             self._log.close()
-            self.export()
+            self.export(params=params)
         return losses
 
     def _save_render(self):
@@ -567,12 +581,12 @@ class Trainer:
         Image.fromarray(arr).save(os.path.join(self.cfg.out, "val", f"step-{self.step:08d}.png"))
 
     def trained_params(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
-        src = self.ema if (use_ema and self.ema is not None) else [p.detach() for p in self.params]
-        return {n: t.detach().float().cpu() for n, t in zip(self.names, src)}
+        src = self.ema if (use_ema and self.ema is not None) else self.params
+        return {n: _full(t).float().cpu() for n, t in zip(self.names, src)}
 
-    def export(self, use_ema: bool = True) -> dict:
+    def export(self, use_ema: bool = True, params: dict | None = None) -> dict:
         c = self.cfg
-        return export_run(self.trained_params(use_ema), self.config_dict(),
+        return export_run(params if params is not None else self.trained_params(use_ema), self.config_dict(),
                           os.path.join(c.out, "adapter.safetensors"),
                           os.path.join(c.out, "lora.safetensors") if c.train_dit == "lora" else None,
                           os.path.join(c.out, "dit.safetensors") if c.train_dit == "full" else None, self.step)
