@@ -84,6 +84,7 @@ class TrainConfig:
     lmm_max_pixels: int = 512 * 28 * 28
     positions: str = "mrope"
     workers: int = 0
+    cache: bool = False               # keep each record's LMM output and target latent in memory (frozen models)
     # objective
     cfg_dropout: dict = field(default_factory=lambda: {t: 0.1 for t in TASKS})
     blend: str = "random"             # random: r ~ U(0, 1) per sample; record: the record's ratio (default 0)
@@ -310,8 +311,7 @@ class Trainer:
         """Items from the loader → groups of equal token length for the DiT."""
         c = self.cfg
         enc = self.encoder
-        targets = torch.stack([it["target"] for it in items])
-        x0 = DT.encode_latents(self.vae, self.latent_format, targets.to(self.device))
+        x0 = self._latents(items)
         samples = []
         for k, it in enumerate(items):
             rec = self.records[it["index"]]
@@ -323,10 +323,8 @@ class Trainer:
             ratio = r if c.blend == "random" else rec.ratio
             ti = build_task_inputs(rec.prompt, rec.refs(ratio), rec.task, style="training")
             inp = ti.uncond if (not fixed and u < self._drop_p(rec.task)) else ti.cond
-            prep = enc.prepare_images(it["inputs"] if inp.images else [], c.lmm_short_side,
-                                      c.lmm_min_pixels, c.lmm_max_pixels)
-            st = enc.encode(inp, prep, positions=c.positions)
-            samples.append({"hidden": st.hidden.float().clone(), "x0": x0[k], "noise": noise.to(self.device),
+            hidden = self._hidden(rec, it, inp, inp is ti.uncond)
+            samples.append({"hidden": hidden, "x0": x0[k], "noise": noise.to(self.device),
                             "sigma": sigma, "key": (it["epoch"], it["index"])})
         groups = {}
         # FSDP: every rank must run the same number of DiT forwards (each gathers the
@@ -342,6 +340,52 @@ class Trainer:
                         "noise": torch.stack([s["noise"] for s in ss]),
                         "sigma": torch.tensor([s["sigma"] for s in ss], device=self.device)})
         return out
+
+    def _latents(self, items) -> torch.Tensor:
+        """Target latents; cached per record with ``cache`` when the crop is deterministic."""
+        c = self.cfg
+        if not (c.cache and not c.random_crop):
+            targets = torch.stack([it["target"] for it in items])
+            return DT.encode_latents(self.vae, self.latent_format, targets.to(self.device))
+        cache = self.__dict__.setdefault("_latent_cache", {})
+        todo = [it for it in items if it["index"] not in cache]
+        if todo:
+            z = DT.encode_latents(self.vae, self.latent_format,
+                                  torch.stack([it["target"] for it in todo]).to(self.device))
+            for it, zi in zip(todo, z):
+                cache[it["index"]] = zi
+        return torch.stack([cache[it["index"]] for it in items])
+
+    def _hidden(self, rec, it, inp, uncond: bool) -> torch.Tensor:
+        """LMM states of one model input, ``[1, L, D]`` float.
+
+        With ``cache`` the frozen LMM runs once per record and side (r = 0); the blend
+        ``(1 − r)·h + r·v`` is then applied to the cached states and vision features, the
+        same formula the encoder applies."""
+        c = self.cfg
+        enc = self.encoder
+
+        def run(model_input):
+            prep = enc.prepare_images(it["inputs"] if model_input.images else [], c.lmm_short_side,
+                                      c.lmm_min_pixels, c.lmm_max_pixels)
+            return enc.encode(model_input, prep, positions=c.positions)
+
+        if not c.cache:
+            return run(inp).hidden.float().clone()
+        cache = self.__dict__.setdefault("_lmm_cache", {})
+        key = (it["index"], uncond)
+        if key not in cache:
+            ti0 = build_task_inputs(rec.prompt, rec.refs(0.0), rec.task, style="training")
+            st = run(ti0.uncond if uncond else ti0.cond)
+            cache[key] = (st.hidden.float().clone(), st.image_spans, [v.float().clone() for v in st.vision])
+        h0, spans, vis = cache[key]
+        if not any(r > 0 for r in inp.ratios):
+            return h0
+        h = h0.clone()
+        for (a, b), v, r in zip(spans, vis, inp.ratios):
+            if r > 0:
+                h[0, a:b] = (1 - r) * h0[0, a:b] + r * v
+        return h
 
     def autocast(self):
         if self.bf16:
