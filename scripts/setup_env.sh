@@ -50,3 +50,12 @@ echo requests >> "$VENV/comfy-requirements.txt"
 "${PIP[@]}" -e "$ROOT[train,test]"
 echo "$want" > "$STAMP"
 echo "[setup] done"
+
+# --- chromium for the frontend test (tests/test_frontend.py; nodes engineer) ---
+# Idempotent and best effort: installed only when missing and apt-get can run as root;
+# without it the frontend test is skipped, everything else works.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing Debian chromium for the frontend test"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "[setup] could not install chromium; tests/test_frontend.py will be skipped" >&2
+fi
