@@ -1,0 +1,264 @@
+"""`make miniature`: a Dream Engine small enough to train on a 2-core CPU, from scratch.
+
+    python -m training.miniature                      # the full run (~1 hour on 2 cores)
+    python -m training.miniature --scale ci           # the shortened run CI uses (minutes)
+    python -m training.miniature --ship               # also copy the files into miniature/ (the embedded default)
+
+Every part is the project's own code path, at miniature scale:
+
+1. **data** — the shapes world (``training.shapes_world``): 64-px images, captions and
+   records for the four tasks, deterministic from the seed;
+2. **VAE** — ComfyUI's 16-channel TAESD trained on shapes (``training.vae``);
+3. **LMM** — a small Qwen2-VL built by the core's builder, random and frozen, as in the
+   paper (its tokenizer has one token per word of the shapes vocabulary);
+4. **pretraining** — an SD3.5-format MMDiT (ComfyUI's class) trained from scratch,
+   fully, together with a direct-map adapter on text→image and reconstruction, standing
+   in for SD3.5's own pretraining;
+5. **stage 1** — a fresh adapter aligned to the frozen DiT (text→image and
+   reconstruction, ``r ~ U(0, 1)``): the paper's alignment stage;
+6. **stage 2** — LoRA on the DiT's attention projections plus the adapter on editing and
+   fusion (with some replay of stage-1 data): the paper's instruction tuning;
+7. **export** — the DiT with the stage-2 LoRA merged (what the release ships) and, beside
+   it, the LoRA and adapter files the trainers export;
+8. **ShapesEval** — generated images rendered through ComfyUI's sampler on the real host
+   (the shipped workflows' node graph), scored per category (``training.miniature_eval``).
+
+Logs go to ``OUT/miniature.log`` and each trainer's ``log.csv``; scores to
+``OUT/scores.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIP_DIR = os.path.join(ROOT, "miniature")
+
+# One token per word for the miniature's prompts (templates and the shapes vocabulary).
+VOCAB = ("Generate", "Image", "Edit", "image", "following", "Combine", "the", "objects", "and", "generate", "an",
+         "Copy", "circle", "square", "triangle", "circles", "squares", "triangles", "red", "green", "blue",
+         "yellow", "purple", "orange", "one", "two", "three", "four", "left", "right", "of", "above", "below",
+         "make", "it", "turn", "into", "remove", "shape", "colour", "in", "put", "first", "second", "small",
+         "large", "a")
+
+
+@dataclass
+class Scale:
+    n_base: int = 6000          # records for pretraining and stage 1 (t2i + reconstruct)
+    n_s2: int = 4000            # records for stage 2 (edit + fuse + replay)
+    vae_steps: int = 2000
+    pre_steps: int = 2500
+    s1_steps: int = 800
+    s2_steps: int = 1500
+    batch: int = 32
+    depth: int = 4              # DiT blocks (hidden 64·depth)
+    eval_n: int = 24            # prompts per ShapesEval category
+    eval_steps: int = 20        # sampler steps
+
+
+SCALES = {
+    "full": Scale(),
+    "ci": Scale(n_base=400, n_s2=300, vae_steps=150, pre_steps=120, s1_steps=20, s2_steps=60, batch=16,
+                depth=2, eval_n=6, eval_steps=12),
+}
+
+IMAGE = 64
+LMM_SHORT_SIDE = 112            # 64-px images → 8×8 patches → 16 merged vision tokens each
+
+
+def log(msg: str, fh=None):
+    line = f"[miniature {time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if fh:
+        fh.write(line + "\n")
+        fh.flush()
+
+
+def lmm_size():
+    from dream_engine_core.testing import LMMSize
+
+    return LMMSize(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, mrope_section=(4, 6, 6), vision_embed_dim=64, vision_depth=2,
+                   vision_heads=2, vision_mlp_ratio=2)
+
+
+def trainer_cfg(out, manifest, lmm, dit, vae, sc: Scale, **kw):
+    from training.train import TrainConfig
+
+    base = dict(manifest=manifest, lmm=lmm, dit=dit, vae=vae, out=out, resolution=IMAGE, random_crop=False,
+                lmm_short_side=LMM_SHORT_SIDE, lmm_min_pixels=56 * 56, lmm_max_pixels=512 * 28 * 28,
+                batch=sc.batch, micro_batch=sc.batch, adapter_hidden=256, cache=True, precision="bf16",
+                ckpt_every=0, val_n=16, warmup=0.05, shift=1.0, progress=True, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = False) -> dict:
+    from training.host import import_comfy
+
+    import_comfy()
+    import torch
+
+    from dream_engine_core.testing import build_tiny_qwen2vl
+    from dream_engine_core.weights import atomic_save, read_metadata
+    from safetensors.torch import load_file
+
+    from training import dit as DT
+    from training.shapes_world import write_dataset
+    from training.tiny_models import build_tiny_sd35
+    from training.train import Trainer
+    from training.vae import train_vae
+
+    sc = SCALES[scale]
+    os.makedirs(out, exist_ok=True)
+    fh = open(os.path.join(out, "miniature.log"), "a")
+    t_all = time.time()
+    log(f"scale {scale}: {json.dumps(asdict(sc))}", fh)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    timings = {}
+
+    def phase(name):
+        timings[name] = time.time()
+        log(f"--- {name}", fh)
+
+    def done(name):
+        timings[name] = round(time.time() - timings[name], 1)
+        log(f"{name}: {timings[name]} s", fh)
+
+    phase("data")
+    base_m = os.path.join(out, "data_base", "manifest.jsonl")
+    s2_m = os.path.join(out, "data_s2", "manifest.jsonl")
+    if not os.path.exists(base_m):
+        write_dataset(os.path.dirname(base_m), sc.n_base, seed=1, size=IMAGE, mix=(("t2i", 0.7), ("reconstruct", 0.3)))
+    if not os.path.exists(s2_m):
+        write_dataset(os.path.dirname(s2_m), sc.n_s2, seed=2, size=IMAGE,
+                      mix=(("edit", 0.4), ("fuse", 0.4), ("t2i", 0.1), ("reconstruct", 0.1)))
+    done("data")
+
+    phase("vae")
+    vae = os.path.join(out, "vae.safetensors")
+    if not os.path.exists(vae):
+        r = train_vae(vae, steps=sc.vae_steps, batch=16, size=IMAGE, seed=0, eval_n=32)
+        log(f"vae mse {r['history'][0][1]:.5f} -> {r['history'][-1][1]:.5f}", fh)
+    done("vae")
+
+    phase("lmm")
+    lmm = os.path.join(out, "Qwen2-VL-miniature")
+    if not os.path.exists(os.path.join(lmm, "model.safetensors")):
+        build_tiny_qwen2vl(lmm, lmm_size(), seed=0, words=VOCAB)
+    done("lmm")
+
+    phase("pretrain")
+    dit0 = os.path.join(out, "dit_init.safetensors")
+    if not os.path.exists(dit0):
+        build_tiny_sd35(dit0, depth=sc.depth, seed=0, pos_embed_max_size=16)
+    pre = os.path.join(out, "pretrain")
+    if not os.path.exists(os.path.join(pre, "dit.safetensors")):
+        tr = Trainer(trainer_cfg(pre, base_m, lmm, dit0, vae, sc, stage=2, train_dit="full", steps=sc.pre_steps,
+                                 lr=5e-4, blend="random")).setup()
+        before = tr.eval_loss()
+        tr.train()
+        log(f"pretrain: fixed-set loss {before:.4f} -> {tr.eval_loss():.4f}", fh)
+    done("pretrain")
+
+    phase("stage1")
+    s1 = os.path.join(out, "stage1")
+    if not os.path.exists(os.path.join(s1, "adapter.safetensors")):
+        tr = Trainer(trainer_cfg(s1, base_m, lmm, os.path.join(pre, "dit.safetensors"), vae, sc, stage=1,
+                                 steps=sc.s1_steps, lr=1e-3, blend="random", seed=1)).setup()
+        before = tr.eval_loss()
+        tr.train()
+        log(f"stage 1: fixed-set loss {before:.4f} -> {tr.eval_loss():.4f}", fh)
+    done("stage1")
+
+    phase("stage2")
+    s2 = os.path.join(out, "stage2")
+    if not os.path.exists(os.path.join(s2, "lora.safetensors")):
+        tr = Trainer(trainer_cfg(s2, s2_m, lmm, os.path.join(pre, "dit.safetensors"), vae, sc, stage=2,
+                                 train_dit="lora", lora_rank=16, steps=sc.s2_steps, lr=5e-4,
+                                 adapter_init=os.path.join(s1, "adapter.safetensors"), blend="random",
+                                 seed=2)).setup()
+        before = tr.eval_loss()
+        tr.train()
+        log(f"stage 2: fixed-set loss {before:.4f} -> {tr.eval_loss():.4f}", fh)
+    done("stage2")
+
+    phase("export")
+    final = os.path.join(out, "final")
+    os.makedirs(final, exist_ok=True)
+    base_sd = load_file(os.path.join(pre, "dit.safetensors"))
+    merged = DT.merge_diffusers_lora(base_sd, load_file(os.path.join(s2, "lora.safetensors")), sc.depth)
+    files = {
+        "dit": os.path.join(final, "dream_engine_miniature_dit.safetensors"),
+        "vae": os.path.join(final, "dream_engine_miniature_taesd.safetensors"),
+        "adapter": os.path.join(final, "dream_engine_miniature_adapter.safetensors"),
+        "lora": os.path.join(final, "dream_engine_miniature_lora.safetensors"),
+        "lmm": os.path.join(final, "Qwen2-VL-miniature"),
+    }
+    info = {"miniature": json.dumps({"scale": scale, **asdict(sc)})}
+    atomic_save({k: v.to(torch.bfloat16) for k, v in merged.items()}, files["dit"],
+                {**info, "content": "pretrained DiT with the stage-2 LoRA merged"})
+    atomic_save({k: v.to(torch.float16) if v.ndim else v for k, v in load_file(vae).items()}, files["vae"],
+                {**read_metadata(vae), **info})
+    shutil.copyfile(os.path.join(s2, "adapter.safetensors"), files["adapter"])
+    shutil.copyfile(os.path.join(s2, "lora.safetensors"), files["lora"])
+    if os.path.exists(files["lmm"]):
+        shutil.rmtree(files["lmm"])
+    shutil.copytree(lmm, files["lmm"])
+    done("export")
+
+    scores = {}
+    if not skip_eval:
+        phase("eval")
+        from training.miniature_eval import evaluate
+
+        scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
+                          short_side=LMM_SHORT_SIDE, log=lambda m: log(m, fh))
+        done("eval")
+    result = {"scale": scale, "timings_s": timings, "total_s": round(time.time() - t_all, 1), "scores": scores,
+              "files": {k: os.path.relpath(v, out) for k, v in files.items()}}
+    with open(os.path.join(out, "scores.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    log(f"total {result['total_s']} s; scores {json.dumps(scores.get('summary', {}))}", fh)
+    if ship:
+        ship_files(files, result)
+        log(f"shipped into {SHIP_DIR}", fh)
+    fh.close()
+    return result
+
+
+def ship_files(files: dict, result: dict) -> None:
+    """Copy the final files into ``miniature/`` (a ComfyUI ``models`` layout)."""
+    layout = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}
+    for k, sub in layout.items():
+        dst = os.path.join(SHIP_DIR, "models", sub, os.path.basename(files[k]))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.isdir(files[k]):
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            shutil.copytree(files[k], dst)
+        else:
+            shutil.copyfile(files[k], dst)
+    with open(os.path.join(SHIP_DIR, "scores.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="work folder (default build/miniature[-ci])")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="full")
+    ap.add_argument("--ship", action="store_true", help="copy the final files into miniature/")
+    ap.add_argument("--skip-eval", action="store_true")
+    a = ap.parse_args(argv)
+    out = a.out or os.path.join(ROOT, "build", "miniature" + ("" if a.scale == "full" else "-" + a.scale))
+    run(out, a.scale, a.ship, a.skip_eval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""ShapesEval of a miniature Dream Engine, rendered through ComfyUI on the real host.
+
+Every image is made by the real ComfyUI server with this pack in ``custom_nodes``,
+from the shipped API workflows (``workflows/api``) with only their widget values
+changed (file names, prompt, seed, size, steps, images, names, blend ratios):
+
+=====================  ===============================  ============================================
+category               workflow                         check (``training.shapes_eval``)
+=====================  ===============================  ============================================
+single object          1_text_to_image                  the shape is present
+colours                1_text_to_image                  the shape is present in the stated colour
+two objects            1_text_to_image                  both shapes are present
+counting               1_text_to_image                  exactly N objects of that colour and shape
+position               1_text_to_image                  both objects, in the stated relation
+colour attribution     1_text_to_image                  both (colour, shape) pairs are present
+reconstruct r=0/.5/1   4_reconstruct_variation          same objects at the same places as the input
+edit                   2_edit                           new attribute, untouched ones kept
+fusion                 3_object_fusion                  the fused object(s) as the caption says
+=====================  ===============================  ============================================
+
+Prompts and input scenes are drawn from a seed the training data never used.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import time
+
+from PIL import Image
+
+from .shapes_eval import check_caption, check_edit, detect, same_scene, score
+from .shapes_world import COLOURS, NUMBERS, SHAPES, Scene, edit_pair, fuse_pair, random_scene, relation, render
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL_SEED = 987_654
+T2I = ("single", "colours", "two", "counting", "position", "attribution")
+RECON_R = (0.0, 0.5, 1.0)
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def t2i_cases(rng: random.Random, n: int) -> list[tuple[str, str, dict]]:
+    """(category, prompt, check) — GenEval's categories on the shapes world."""
+    out = []
+    cols = list(COLOURS)
+    for _ in range(n):
+        c, s = rng.choice(cols), rng.choice(SHAPES)
+        out.append(("single", f"a {c} {s}", {"kind": "shape", "shape": s}))
+        c, s = rng.choice(cols), rng.choice(SHAPES)
+        out.append(("colours", f"a {c} {s}", {"kind": "single", "objects": [[c, s]]}))
+        (c1, s1), (c2, s2) = _two(rng)
+        out.append(("two", f"a {c1} {s1} and a {c2} {s2}", {"kind": "shapes", "shapes": [s1, s2]}))
+        k, c, s = rng.randint(2, 4), rng.choice(cols), rng.choice(SHAPES)
+        out.append(("counting", f"{NUMBERS[k]} {c} {s}s", {"kind": "count", "objects": [[c, s]], "count": k}))
+        sc = random_scene(rng, n=2)
+        a, b = sc.objects
+        if (a.colour, a.shape) == (b.colour, b.shape):
+            b = type(b)(rng.choice([x for x in SHAPES if x != a.shape]), b.colour, b.size, b.x, b.y)
+        rel = relation(a, b)
+        out.append(("position", f"a {a.colour} {a.shape} {rel} a {b.colour} {b.shape}",
+                    {"kind": "position", "objects": [[a.colour, a.shape], [b.colour, b.shape]], "relation": rel}))
+        (c1, s1), (c2, s2) = _two(rng)
+        out.append(("attribution", f"a {c1} {s1} and a {c2} {s2}", {"kind": "two", "objects": [[c1, s1], [c2, s2]]}))
+    return out
+
+
+def _two(rng):
+    a = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+    b = a
+    while b[1] == a[1] or b[0] == a[0]:
+        b = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+    return a, b
+
+
+def judge_t2i(dets, check) -> bool:
+    if check["kind"] == "shape":
+        return any(d.shape == check["shape"] for d in dets)
+    if check["kind"] == "shapes":
+        return all(any(d.shape == s for d in dets) for s in check["shapes"])
+    return check_caption(dets, check)
+
+
+def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side: int = 112, size: int = 64,
+             cfg: float = 3.5, log=print, seed: int = EVAL_SEED) -> dict:
+    """Render and score; returns per-category accuracy, the summary and the counts."""
+    host = _harness()
+    models = os.path.join(workdir, "models")
+    layout = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}
+    for k, sub in layout.items():
+        dst = os.path.join(models, sub, os.path.basename(files[k]))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if not os.path.lexists(dst):
+            os.symlink(os.path.abspath(files[k]), dst)
+    host.prepare_base_dir(workdir, models)
+    inp_dir = os.path.join(workdir, "input")
+    names = {k: os.path.basename(v) for k, v in files.items()}
+    rng = random.Random(seed)
+    results: dict[str, list[bool]] = {}
+    server = host.ComfyServer(workdir).start()
+    t0 = time.time()
+    count = 0
+
+    def render_graph(workflow: str, prompt_text: str, images=(), seg_names=(), ratios=(), task_seed=0):
+        nonlocal count
+        p = host.load_api(workflow)
+        img_names = []
+        for k, im in enumerate(images):
+            fn = f"eval_{count:05d}_{k}.png"
+            im.save(os.path.join(inp_dir, fn))
+            img_names.append(fn)
+        li = si = bi = 0
+        for nid in sorted(p, key=int):
+            node = p[nid]
+            ct, i = node["class_type"], node["inputs"]
+            if ct == "UNETLoader":
+                i["unet_name"] = names["dit"]
+            elif ct == "VAELoader":
+                i["vae_name"] = names["vae"]
+            elif ct == "LoadDreamEngine":
+                i["lmm"], i["adapter"], i["dtype"] = names["lmm"], names["adapter"], "fp32"
+            elif ct == "DreamEngineInterleavedConditioning":
+                i["prompt"] = prompt_text
+                i["image_short_side"] = short_side
+            elif ct == "EmptySD3LatentImage":
+                i["width"] = i["height"] = size
+            elif ct == "KSampler":
+                i["seed"], i["steps"], i["cfg"] = task_seed, steps, cfg
+            elif ct == "LoadImage":
+                i["image"] = img_names[li]
+                li += 1
+            elif ct == "DreamEngineImageSegment":
+                i["name"] = seg_names[si] if si < len(seg_names) else ""
+                si += 1
+            elif ct == "DreamEngineBlendRatio":
+                i["ratio"] = ratios[bi] if bi < len(ratios) else 0.0
+                bi += 1
+        entry = server.run(p, timeout=600)
+        err = host.execution_error(entry)
+        if err:
+            raise RuntimeError(f"ComfyUI failed on {workflow} with {prompt_text!r}: {json.dumps(err)[:2000]}")
+        out = Image.open(server.output_images(entry)[0]).convert("RGB")
+        count += 1
+        return out
+
+    try:
+        for cat, text, check in t2i_cases(rng, n):
+            img = render_graph("1_text_to_image.json", text, task_seed=count)
+            results.setdefault(cat, []).append(judge_t2i(detect(img), check))
+        for r in RECON_R:
+            sub = random.Random(seed + int(r * 100))
+            for _ in range(n):
+                sc = random_scene(sub)
+                img = render_graph("4_reconstruct_variation.json", "", [render(sc, size)], ratios=[r],
+                                   task_seed=count)
+                results.setdefault(f"reconstruct_r{r:g}", []).append(same_scene(detect(img), sc))
+        for _ in range(n):
+            src, instr, _, check = edit_pair(rng)
+            img = render_graph("2_edit.json", instr, [render(src, size)], task_seed=count)
+            results.setdefault("edit", []).append(check_edit(detect(img), src, check))
+        for _ in range(n):
+            srcs, cap, _, check = fuse_pair(rng)
+            a, b = srcs[0].objects[0].shape, srcs[1].objects[0].shape
+            seg = [a, b] if a != b else ["first", "second"]
+            img = render_graph("3_object_fusion.json", cap, [render(s, size) for s in srcs], seg, (0.0, 0.0),
+                               task_seed=count)
+            results.setdefault("fusion", []).append(check_caption(detect(img), check))
+            if len(results["fusion"]) <= 4:
+                img.save(os.path.join(workdir, f"fusion_{len(results['fusion'])}.png"))
+    finally:
+        server.stop()
+    s = score(results)
+    t2i = [s[c] for c in T2I]
+    s["summary"] = {
+        "t2i_overall": sum(t2i) / len(t2i),
+        "reconstruct_by_r": {f"{r:g}": s[f"reconstruct_r{r:g}"] for r in RECON_R},
+        "edit": s["edit"], "fusion": s["fusion"], "overall": s["overall"],
+        "images": count, "seconds": round(time.time() - t0, 1), "sampler_steps": steps, "cfg": cfg,
+    }
+    log(f"ShapesEval: {json.dumps(s['summary'])}")
+    shutil.rmtree(inp_dir, ignore_errors=True)
+    return s
