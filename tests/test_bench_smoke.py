@@ -1,0 +1,26 @@
+"""Smoke run of the benchmark harness at tiny size (figures 1 and 2, one repeat)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_harness_tiny(tmp_path):
+    out = tmp_path / "results"
+    p = subprocess.run([sys.executable, "-m", "benchmarks.run", "--size", "tiny", "--quick", "--figures", "1,2",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| fig | measure | value | target | status |" in p.stdout
+    summary = json.loads((out / "tiny-quick-summary.json").read_text())
+    assert set(summary["figures"]) == {"1", "2"}
+    fig2 = json.loads((out / "tiny-quick-fig2.json").read_text())
+    assert not fig2.get("not_measured"), fig2.get("not_measured")
+    for case in fig2["cases"]:
+        assert case["seconds"] > 0 and case["floor_s"] > 0 and case["flops"] > 0
+        assert case["target_ratio"] == 1.5 and isinstance(case["met"], bool)
+        assert case["cond_tokens"] > case["uncond_tokens"] > 0
+    assert fig2["cases"][2]["image_tokens"] == [144, 144]  # two 512² images at the release's 336 short side
