@@ -101,6 +101,17 @@ def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
     return base
 
 
+def _die_with_parent():
+    """Linux: the server gets SIGTERM when the process that started it dies (a killed
+    test run must not leave a server behind)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: best effort
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,7 +152,8 @@ class ComfyServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, cwd=ROOT)
+                                     start_new_session=True, cwd=ROOT,
+                                     preexec_fn=_die_with_parent)
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
