@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -140,7 +141,13 @@ class PreparedImages:
 
 
 class LMMEncoder:
+    #: how many text-only inputs to remember (0 = off). The unconditional input of a
+    #: text-only prompt ("Generate Image: ") is the same for every prompt, so remembering
+    #: it saves one language-model pass per encode; outputs are bit-identical.
+    text_cache_size = 8
+
     def __init__(self, model, processor, folder: str = ""):
+        self._text_cache: OrderedDict = OrderedDict()
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -230,11 +237,35 @@ class LMMEncoder:
         return self.tokenize(inp, prep)[0].shape[1]
 
     # ------------------------------------------------------------------ forward
+    def _weights_key(self) -> tuple:
+        """Changes whenever the language model's weights are replaced, moved, cast or
+        edited in place (a parameter's version counter counts in-place writes)."""
+        lm = self.model.model.language_model
+        ps = (lm.embed_tokens.weight, lm.layers[0].self_attn.q_proj.weight, lm.layers[-1].mlp.down_proj.weight,
+              lm.norm.weight)
+        return tuple((p.data_ptr(), p.dtype, str(p.device), p._version) for p in ps)
+
     @torch.inference_mode()
     def encode(self, inp: ModelInput, prep: PreparedImages, pad_to: int | None = None,
                positions: str = "mrope") -> EncodedStates:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        key = None
+        if not inp.images and self.text_cache_size > 0 and not self.model.training:
+            key = (inp.text, pad_to, positions, self._weights_key())
+            hit = self._text_cache.get(key)
+            if hit is not None:
+                self._text_cache.move_to_end(key)
+                return replace(hit, hidden=hit.hidden.clone(), attention_mask=hit.attention_mask.clone(),
+                               input_ids=hit.input_ids.clone())
+        st = self._encode(inp, prep, pad_to, positions)
+        if key is not None:
+            self._text_cache[key] = replace(st, hidden=st.hidden.clone())
+            while len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
+        return st
+
+    def _encode(self, inp: ModelInput, prep: PreparedImages, pad_to: int | None, positions: str) -> EncodedStates:
         inner = self.model.model
         ids, mask, spans = self.tokenize(inp, prep, pad_to)
         dev = self.device
