@@ -69,7 +69,7 @@ def timeit(fn, repeats: int = 5, min_warmup: int = 2, max_warmup: int = 6, settl
         t = time.perf_counter()
         fn()
         warm.append(time.perf_counter() - t)
-        if i + 1 >= max(2, min_warmup) and abs(warm[-1] - warm[-2]) <= settle * min(warm[-1], warm[-2]):
+        if i + 1 >= min_warmup and (min_warmup < 2 or abs(warm[-1] - warm[-2]) <= settle * min(warm[-1], warm[-2])):
             break
     xs, cal = [], []
     for _ in range(repeats):
@@ -155,7 +155,21 @@ def _prompt_and_images(eng, spec: dict):
     raise ValueError(kind)
 
 
-def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6), size="full") -> dict:
+def _variants(prompt: str, n: int = 16) -> list:
+    """``n`` prompts of the same token count: the last word swapped for another
+    single-token word. Timed repeats cycle through them, so that no repeat re-encodes
+    the previous one's conditional input (the encoder remembers text-only inputs)."""
+    from .prompts import WORDS
+
+    head, _, last = prompt.rpartition(" ")
+    if not head or "[" in last:
+        return [prompt] * n
+    words = [w for w in WORDS if w.isalpha() and w.islower() and w != last]
+    return [f"{head} {words[i % len(words)]}" for i in range(n)]
+
+
+def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6), size="full",
+                no_cache_repeats=0) -> dict:
     from .flops import encode_cost
 
     enc = eng.encoder
@@ -164,11 +178,28 @@ def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6),
     patches = [int(g.prod()) for g in prep.grid_thw] if prep.grid_thw is not None else []
     cost = encode_cost(enc.model.config, eng.adapter.spec, pos.tokens.shape[1], neg.tokens.shape[1], patches,
                        esize=torch.tensor([], dtype=enc.dtype).element_size())
+    variants = _variants(prompt)
+    counter = iter(range(10 ** 9))
+
+    def run():
+        p = variants[next(counter) % len(variants)]
+        c, u = eng.encode(p, images, options=opts)
+        assert c.tokens.shape[1] == pos.tokens.shape[1], "a prompt variant changed the token count"
+
     out = {"cond_tokens": int(pos.tokens.shape[1]), "uncond_tokens": int(neg.tokens.shape[1]),
            "image_tokens": list(prep.tokens_per_image), "patches": patches, "cost": cost,
-           "time": timeit(lambda: eng.encode(prompt, images, options=opts), repeats=repeats,
-                         min_warmup=warm[0], max_warmup=warm[1], between=lambda: calibrate(size))}
-    if breakdown:  # where the time goes (the same calls encode makes)
+           "time": timeit(run, repeats=repeats, min_warmup=warm[0], max_warmup=warm[1],
+                          between=lambda: calibrate(size))}
+    cache = getattr(enc, "text_cache_size", None)
+    out["text_cache_size"] = cache
+    if no_cache_repeats and cache:
+        enc.text_cache_size = 0
+        out["time_no_cache"] = timeit(run, repeats=no_cache_repeats, min_warmup=1, max_warmup=2,
+                                      between=lambda: calibrate(size))
+        enc.text_cache_size = cache
+    if breakdown:  # where the time goes (the same calls encode makes, every pass computed)
+        if cache:
+            enc.text_cache_size = 0
         from dream_engine_core.prompt import build_task_inputs
 
         ti = build_task_inputs(prompt, [__import__("dream_engine_core.prompt", fromlist=["ImageRef"]).ImageRef()
@@ -190,6 +221,8 @@ def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6),
         sc = enc.encode(ti.cond, prep)
         parts["adapter"] = timeit(lambda: eng._adapt(sc, opts, "generate"), repeats=r, min_warmup=1)
         out["parts"] = {k: {"median": v["median"], "min": v["min"]} for k, v in parts.items()}
+        if cache:
+            enc.text_cache_size = cache
     return out
 
 
@@ -202,7 +235,7 @@ def case_de_encode(args: dict) -> dict:
     prompt, images = _prompt_and_images(eng, args)
     opts = EncodeOptions(**args.get("options", {}))
     res.update(_de_measure(eng, prompt, images, opts, args.get("repeats", 5), args.get("breakdown", True),
-                           size=args.get("size", "full")))
+                           size=args.get("size", "full"), no_cache_repeats=args.get("no_cache_repeats", 0)))
     res["prompt_words"] = len(prompt.split())
     res["prompt_text"] = prompt
     res["peak_rss"] = peak_rss()
@@ -250,19 +283,24 @@ def _clip_encode(clip, text):
 
 
 def case_clip_encode(args: dict) -> dict:
-    from .prompts import PROMPT_20, long_prompt
+    """TripleCLIPLoader + CLIPTextEncode on each text; peak RSS is read after the first
+    text (the comparison of figure 3), before any longer one runs."""
+    from .prompts import PROMPT_20
 
     clip, load_s = _load_tripleclip(args["clip_paths"])
-    res = {"load_s": load_s, "rss_after_load": current_rss(), "threads": torch.get_num_threads()}
-    text = PROMPT_20 if args["prompt"] == "20w" else args["text"]
-    with torch.inference_mode():
-        cond, tokens = _clip_encode(clip, text)
-        res["tokens"] = {k: sum(len(c) for c in v) for k, v in tokens.items()}
-        res["cond_shape"] = list(cond[0][0].shape)
-        res["time"] = timeit(lambda: _clip_encode(clip, text), repeats=args.get("repeats", 3),
-                             min_warmup=1, max_warmup=3, between=calibrate)
+    res = {"load_s": load_s, "rss_after_load": current_rss(), "threads": torch.get_num_threads(), "texts": []}
+    for k, text in enumerate(args["texts"]):
+        text = PROMPT_20 if text == "20w" else text
+        with torch.inference_mode():
+            cond, tokens = _clip_encode(clip, text)
+            r = {"tokens": {kk: sum(len(c) for c in v) for kk, v in tokens.items()},
+                 "cond_shape": list(cond[0][0].shape),
+                 "time": timeit(lambda: _clip_encode(clip, text), repeats=args.get("repeats", [3])[k],
+                                min_warmup=2 if k == 0 else 1, max_warmup=3, between=calibrate)}
+        r["peak_rss"] = peak_rss()
+        res["texts"].append(r)
     res["weight_dtypes"] = sorted({str(p.dtype) for p in clip.cond_stage_model.parameters()})
-    res["peak_rss"] = peak_rss()
+    res["peak_rss"] = res["texts"][0]["peak_rss"]
     return res
 
 
