@@ -13,6 +13,7 @@ import torch
 from comfy_api.latest import io
 
 from ..dream_engine_core.encoder import LMMEncoder, check_lmm_folder
+from ..dream_engine_core.encoder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE
 from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS
 from ..dream_engine_core.adapter import POOLINGS
 from ..dream_engine_core.encoder import POSITIONS
@@ -168,6 +169,15 @@ class InterleavedConditioning(io.ComfyNode):
                                        "for parity with the release's transformers version."),
                 Segments.Input("segments", optional=True,
                                tooltip="The prompt's images (Image Segment chain)."),
+                io.Int.Input("image_short_side", default=DEFAULT_SHORT_SIDE, min=0, max=4096, step=1,
+                             tooltip="Each image is first resized so its short side is this many pixels "
+                                     "(the release: 336); 0 keeps the image's own size."),
+                io.Int.Input("min_pixels", default=DEFAULT_MIN_PIXELS, min=28 * 28, max=16384 * 16384,
+                             tooltip="Lower bound of an image's pixel count after the Qwen2-VL processor "
+                                     "fits it to 28-px units (default 56·56)."),
+                io.Int.Input("max_pixels", default=DEFAULT_MAX_PIXELS, min=28 * 28, max=16384 * 16384,
+                             tooltip="Upper bound of an image's pixel count (the release: 512·28·28); "
+                                     "fewer pixels, fewer image tokens, faster encoding."),
             ],
             outputs=[
                 io.Conditioning.Output("positive", display_name="positive"),
@@ -177,10 +187,15 @@ class InterleavedConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, dream_engine, prompt, task="generate", padding="natural", pooling="mean",
-                positions="mrope", segments=None) -> io.NodeOutput:
+                positions="mrope", segments=None, image_short_side=DEFAULT_SHORT_SIDE,
+                min_pixels=DEFAULT_MIN_PIXELS, max_pixels=DEFAULT_MAX_PIXELS) -> io.NodeOutput:
         chain = tuple(segments or ())
         refs = [s.ref() for s in chain]
-        opts = EncodeOptions(padding=padding, pooling=pooling, positions=positions)
+        if max_pixels < min_pixels:
+            raise ValueError(f"max_pixels ({max_pixels}) must be at least min_pixels ({min_pixels})")
+        opts = EncodeOptions(padding=padding, pooling=pooling, positions=positions,
+                             short_side=int(image_short_side) or None, min_pixels=int(min_pixels),
+                             max_pixels=int(max_pixels))
         build_task_inputs(prompt, refs, task, opts.style)  # prompt errors before any model loads
         handle: DreamEngineHandle = dream_engine
         t0 = time.perf_counter()

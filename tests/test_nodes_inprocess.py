@@ -223,3 +223,15 @@ def test_lmm_is_managed_by_comfy(pack, models, dit):
     loaded = [m.model for m in mm.current_loaded_models]
     assert handle.patcher in loaded
     assert handle.patcher.load_device == mm.text_encoder_device()
+
+
+def test_image_size_inputs_reach_the_encoder(pack, models, dit):
+    Load, Cond, Seg, _ = nodes(pack)
+    handle, _ = Load.execute(dit, LMM, DIRECT, "fp32", "cpu").args
+    s = Seg.execute(image(3, 64, 64), "a", 0).args[0]
+    big, _ = Cond.execute(handle, "see [a]", "generate", "natural", "mean", "mrope", s).args
+    small, _ = Cond.execute(handle, "see [a]", "generate", "natural", "mean", "mrope", s,
+                            image_short_side=56, min_pixels=56 * 56, max_pixels=56 * 56).args
+    assert small[0][0].shape[1] < big[0][0].shape[1]
+    with pytest.raises(ValueError, match="max_pixels"):
+        Cond.execute(handle, "see [a]", "generate", "natural", "mean", "mrope", s, min_pixels=5000, max_pixels=4000)

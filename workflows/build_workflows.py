@@ -45,7 +45,7 @@ NODE_DEFS = {
                         [("DREAM_ENGINE", "DREAM_ENGINE"), ("MODEL", "MODEL")]),
     "DreamEngineInterleavedConditioning": (
         [("dream_engine", "DREAM_ENGINE"), ("segments", "DREAM_SEGMENTS")],
-        ["prompt", "task", "padding", "pooling", "positions"],
+        ["prompt", "task", "padding", "pooling", "positions", "image_short_side", "min_pixels", "max_pixels"],
         [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
     "DreamEngineImageSegment": ([("image", "IMAGE"), ("segments", "DREAM_SEGMENTS"), ("mask", "MASK")],
                                 ["name", "frame"], [("segments", "DREAM_SEGMENTS")]),
@@ -155,7 +155,8 @@ def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"
         links["segments"] = segments
     cond = g.add("DreamEngineInterleavedConditioning", (760, 40),
                  {"prompt": prompt, "task": task, "padding": "natural", "pooling": "mean",
-                  "positions": "mrope"}, **links)
+                  "positions": "mrope", "image_short_side": 336, "min_pixels": 56 * 56,
+                  "max_pixels": 512 * 28 * 28}, **links)
     lat = g.add("EmptySD3LatentImage", (760, 340), {"width": SIZE, "height": SIZE, "batch_size": 1})
     ks = g.add("KSampler", (1200, 40), {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler",
                                         "scheduler": "simple", "denoise": 1.0},
