@@ -7,7 +7,7 @@ safetensors shards are read too). Pickles are opened **only here**, with
 memory-mapped, so memory stays bounded (one output tensor at a time).
 
     python -m training.convert_official RELEASE_DIR --lmm-base models/LLM/Qwen2-VL-2B-Instruct \\
-        --out-dir ComfyUI/models [--dtype bf16] [--name dream_engine_official]
+        --out-dir ComfyUI/models [--dtype bf16] [--name dream_engine]
 
 writes
 
@@ -251,7 +251,7 @@ class StreamingSafetensors:
 LMM_COPY_SKIP = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json", ".msgpack", ".h5")
 
 
-def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_engine_official",
+def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_engine",
             dtype: str = "keep", lora_alpha: float | None = None, progress: bool = True,
             print_table: bool = True) -> dict[str, str]:
     """Convert the release at ``src``. Returns the paths written."""
@@ -303,9 +303,10 @@ def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_eng
         return sorted(os_, key=lambda o: (key_shard[o.base], o.key))
 
     paths = {
-        "adapter": os.path.join(out_dir, "dream_engine", f"{name}.safetensors"),
-        "dit": os.path.join(out_dir, "diffusion_models", f"{name}_dit.safetensors"),
-        "lmm": os.path.join(out_dir, "LLM", f"{name}-Qwen2-VL"),
+        # the names the shipped workflows load (workflows/build_workflows.py)
+        "adapter": os.path.join(out_dir, "dream_engine", f"{name}_direct_map.safetensors"),
+        "dit": os.path.join(out_dir, "diffusion_models", f"{name}_sd35_large.safetensors"),
+        "lmm": os.path.join(out_dir, "LLM", f"Qwen2-VL-2B-Instruct-{name}"),
     }
     total = sum(len(v) for v in by_file.values())
     bar = tqdm(total=total, desc="converting", unit="tensor", disable=not progress)
@@ -384,7 +385,7 @@ def main(argv=None):
     ap.add_argument("release", help="the release folder (index + shards), its *.index.json, or one weights file")
     ap.add_argument("--out-dir", required=True, help="a ComfyUI models folder (dream_engine/, diffusion_models/, LLM/)")
     ap.add_argument("--lmm-base", help="the stock Qwen2-VL-2B-Instruct folder (config, tokenizer, processor)")
-    ap.add_argument("--name", default="dream_engine_official")
+    ap.add_argument("--name", default="dream_engine", help="file-name stem of the outputs (default: the names the shipped workflows load)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="keep",
                     help="dtype of the DiT and LMM files (the release is fp32; bf16 halves the size)")
     ap.add_argument("--lora-alpha", type=float, default=None,
