@@ -1,14 +1,17 @@
 """`make demo`: run workflow 1 (text to image) on the real ComfyUI server and print
 the PNG it saved.
 
-    make demo                                   # small built-in models (random weights)
+    make demo                                   # the embedded miniature (trained on the shapes world)
+    make demo DEMO_ARGS="--prompt 'two green triangles'"
     make demo DEMO_ARGS="--models-dir /path/to/ComfyUI/models"   # your own models
-    make demo DEMO_ARGS="--prompt 'a red fox' --steps 20"
+    make demo DEMO_ARGS="--random-models"      # small untrained models (random weights)
 
-What it does: lays out a ComfyUI base directory (default ``build/demo``), builds
-or finds the small same-architecture models there (an SD3.5-format MMDiT, a
-16-channel TAESD VAE, a small Qwen2-VL folder and a direct-map adapter) unless
-``--models-dir`` is given, links this repository into ``custom_nodes``, starts
+What it does: lays out a ComfyUI base directory (default ``build/demo``) with the
+embedded miniature Dream Engine (``miniature/models``, trained by ``make
+miniature``: an SD3.5-format MMDiT, a 16-channel TAESD VAE, a small Qwen2-VL folder
+and a direct-map adapter) — or the user's ``--models-dir``, or with
+``--random-models`` small untrained models of the same architecture — links this
+repository into ``custom_nodes``, starts
 ComfyUI on 127.0.0.1, queues ``workflows/api/1_text_to_image.json`` through the
 HTTP API, waits, prints the output path and stops the server. Nothing is
 downloaded.
@@ -29,6 +32,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+MINIATURE = os.path.join(ROOT, "miniature")
+
+
+def miniature_profile() -> dict | None:
+    """File names and settings of the embedded miniature, if it is shipped."""
+    p = os.path.join(MINIATURE, "profile.json")
+    if not os.path.isfile(p):
+        return None
+    import json
+
+    with open(p) as f:
+        return json.load(f)
+
+
 def load_harness():
     spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -40,6 +57,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models-dir", help="your ComfyUI models folder (diffusion_models/, vae/, LLM/, dream_engine/)")
+    ap.add_argument("--random-models", action="store_true",
+                    help="use small untrained models (random weights) instead of the embedded miniature")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "build", "demo"),
                     help="ComfyUI base directory to use (default: build/demo)")
     ap.add_argument("--workflow", default="1_text_to_image.json", help="API workflow in workflows/api/")
@@ -63,11 +82,18 @@ def main(argv=None) -> int:
         print(f"models folder not found: {args.models_dir}", file=sys.stderr)
         return 2
     print(f"[demo] ComfyUI base directory: {base}")
-    print("[demo] models: " + (os.path.abspath(args.models_dir) if args.models_dir else
-                               "built-in small models (random weights; the image is noise-like by design)"))
-    host.prepare_base_dir(base, args.models_dir)
+    mini = None if (args.models_dir or args.random_models) else miniature_profile()
+    if mini:
+        print(f"[demo] models: the embedded miniature ({MINIATURE}; trained on the shapes world, 64 px)")
+        host.prepare_base_dir(base, os.path.join(MINIATURE, "models"))
+    else:
+        print("[demo] models: " + (os.path.abspath(args.models_dir) if args.models_dir else
+                                   "built-in small models (random weights; the image is noise-like by design)"))
+        host.prepare_base_dir(base, args.models_dir)
     prompt = host.load_api(args.workflow)
-    if not args.models_dir:
+    if mini:
+        prompt = host.profile_from(prompt, mini)
+    elif not args.models_dir:
         prompt = host.small_model_profile(prompt, size=args.size)
     for node in prompt.values():
         ct, inp = node["class_type"], node["inputs"]

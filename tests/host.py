@@ -296,6 +296,29 @@ def small_model_profile(prompt: dict, adapter: str | None = None, size: int | No
     return p
 
 
+def profile_from(prompt: dict, prof: dict) -> dict:
+    """A copy of an API workflow set up for a model set described by ``prof`` (the
+    miniature's ``profile.json``: file names, size, image_short_side, steps, cfg, prompt)."""
+    p = copy.deepcopy(prompt)
+    for node in p.values():
+        ct, inp = node["class_type"], node["inputs"]
+        if ct == "UNETLoader":
+            inp["unet_name"] = prof["unet_name"]
+        elif ct == "VAELoader":
+            inp["vae_name"] = prof["vae_name"]
+        elif ct == "LoadDreamEngine":
+            inp["lmm"], inp["adapter"] = prof["lmm"], prof["adapter"]
+        elif ct == "DreamEngineInterleavedConditioning":
+            inp["image_short_side"] = prof["image_short_side"]
+            if inp.get("task") == "generate":
+                inp["prompt"] = prof["prompt"]
+        elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
+            inp["width"] = inp["height"] = prof["size"]
+        elif ct == "KSampler":
+            inp["steps"], inp["cfg"] = prof["steps"], prof["cfg"]
+    return p
+
+
 def nodes_of(prompt: dict, class_type: str) -> list[str]:
     return [k for k, v in prompt.items() if v["class_type"] == class_type]
 

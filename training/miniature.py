@@ -51,12 +51,12 @@ VOCAB = ("Generate", "Image", "Edit", "image", "following", "Combine", "the", "o
 class Scale:
     n_base: int = 6000          # records for pretraining and stage 1 (t2i + reconstruct)
     n_s2: int = 4000            # records for stage 2 (edit + fuse + replay)
-    vae_steps: int = 2000
-    pre_steps: int = 2500
-    s1_steps: int = 800
-    s2_steps: int = 1500
+    vae_steps: int = 1500
+    pre_steps: int = 3000
+    s1_steps: int = 600
+    s2_steps: int = 2000
     batch: int = 32
-    depth: int = 4              # DiT blocks (hidden 64·depth)
+    depth: int = 3              # DiT blocks (hidden 64·depth)
     eval_n: int = 24            # prompts per ShapesEval category
     eval_steps: int = 20        # sampler steps
 
@@ -246,6 +246,19 @@ def ship_files(files: dict, result: dict) -> None:
             shutil.copyfile(files[k], dst)
     with open(os.path.join(SHIP_DIR, "scores.json"), "w") as f:
         json.dump(result, f, indent=2)
+    with open(os.path.join(SHIP_DIR, "profile.json"), "w") as f:
+        json.dump(profile(files, SCALES[result["scale"]]), f, indent=2)
+
+
+def profile(files: dict, sc: "Scale") -> dict:
+    """How the workflows run on the miniature (read by ``make demo`` and the tests):
+    its file names and the settings it was trained for."""
+    return {
+        "unet_name": os.path.basename(files["dit"]), "vae_name": os.path.basename(files["vae"]),
+        "lmm": os.path.basename(files["lmm"]), "adapter": os.path.basename(files["adapter"]),
+        "lora": os.path.basename(files["lora"]), "size": IMAGE, "image_short_side": LMM_SHORT_SIDE,
+        "steps": sc.eval_steps, "cfg": 3.5, "prompt": "a red circle left of a blue square",
+    }
 
 
 def main(argv=None) -> int:
