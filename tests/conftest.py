@@ -1,7 +1,9 @@
 """Shared fixtures: small same-architecture models built once per session."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -37,3 +39,29 @@ def comfy():
     from training.host import import_comfy
 
     return import_comfy()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK = "dream_engine_pack_under_test"
+
+
+def load_pack():
+    """The pack loaded as a package under its own name, as ComfyUI loads custom nodes
+    (ComfyUI's own ``nodes`` module takes the plain name)."""
+    if PACK not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
+                                                      submodule_search_locations=[ROOT])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[PACK]
+
+
+def pack_module(name: str):
+    """A submodule of the loaded pack, e.g. ``pack_module("nodes.engine")``."""
+    return sys.modules[f"{PACK}.{name}"]
+
+
+@pytest.fixture(scope="module")
+def pack(comfy):
+    return load_pack()

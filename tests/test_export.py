@@ -14,8 +14,9 @@ import sys
 import pytest
 import torch
 
+from conftest import load_pack, pack_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK = "dream_engine_pack_under_test"
 
 
 def comfy_nodes_module():
@@ -33,18 +34,6 @@ def comfy_nodes_module():
     sys.modules["nodes"] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-def load_pack():
-    if PACK not in sys.modules:
-        if not os.path.isfile(os.path.join(ROOT, "nodes", "engine.py")):
-            return None
-        spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[PACK]
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +137,8 @@ def test_exported_files_load_and_sample_like_hand_merged_reference(run):
     # 3. in the host: adapter through LoadDreamEngine (when the pack's node exists), LoRA
     #    through ComfyUI's LoraLoaderModelOnly
     cnodes = comfy_nodes_module()
+    load_pack()
     dit = comfy.sd.load_diffusion_model(tiny["dit"])
-    pack = load_pack()
     enc = LMMEncoder.from_folder(tiny["lmm"])
     prompt = "two blue circles"
 
@@ -165,25 +154,15 @@ def test_exported_files_load_and_sample_like_hand_merged_reference(run):
     pos, neg = core_cond(adapter)
     untrained_pos, untrained_neg = core_cond(load_adapter(os.path.join(models, "dream_engine",
                                                                        "untrained.safetensors")))
-    if pack is not None:
-        e = sys.modules[PACK + ".nodes.engine"]
-        handle, patched = e.LoadDreamEngine.execute(dit, "tiny-Qwen2-VL", "trained.safetensors", "fp32",
-                                                    "cpu").args
-        npos, nneg = e.InterleavedConditioning.execute(handle, prompt, "generate").args
-        assert torch.allclose(npos[0][0], pos[0], atol=1e-6) and torch.allclose(
-            npos[0][1]["pooled_output"], pos[1], atol=1e-6)
-        cond_pos, cond_neg = npos, nneg
-        _, patched_untrained = e.LoadDreamEngine.execute(dit, "tiny-Qwen2-VL", "untrained.safetensors", "fp32",
-                                                         "cpu").args
-    else:  # the pack's nodes are not there: the direct-map patch by hand (DESIGN.md §2)
-        def patch(m):
-            m = m.clone()
-            for key in ("diffusion_model.context_embedder", "diffusion_model.y_embedder"):
-                m.add_object_patch(key, torch.nn.Identity())
-            return m
-        patched = patched_untrained = patch(dit)
-        cond_pos = [[pos[0], {"pooled_output": pos[1]}]]
-        cond_neg = [[neg[0], {"pooled_output": neg[1]}]]
+    e = pack_module("nodes.engine")
+    handle, patched = e.LoadDreamEngine.execute(dit, "tiny-Qwen2-VL", "trained.safetensors", "fp32",
+                                                "cpu").args
+    npos, nneg = e.InterleavedConditioning.execute(handle, prompt, "generate").args
+    assert torch.allclose(npos[0][0], pos[0], atol=1e-6) and torch.allclose(
+        npos[0][1]["pooled_output"], pos[1], atol=1e-6)
+    cond_pos, cond_neg = npos, nneg
+    _, patched_untrained = e.LoadDreamEngine.execute(dit, "tiny-Qwen2-VL", "untrained.safetensors", "fp32",
+                                                     "cpu").args
     (lora_model,) = cnodes.LoraLoaderModelOnly().load_lora_model_only(patched, "trained_lora.safetensors", 1.0)
 
     latent = torch.zeros(1, 16, 8, 8)
@@ -207,7 +186,6 @@ def test_exported_files_load_and_sample_like_hand_merged_reference(run):
     d_untrained = float((out - untrained).abs().max())
     d_lora = float((out - without_lora).abs().max())
     print(f"export: |ComfyUI LoRA sample - hand-merged reference| = {d_ref:.2e}; "
-          f"vs untrained {d_untrained:.3f}; vs trained adapter without LoRA {d_lora:.3f}; "
-          f"LoadDreamEngine node used: {pack is not None}")
+          f"vs untrained {d_untrained:.3f}; vs trained adapter without LoRA {d_lora:.3f}")
     assert d_ref < 1e-4, d_ref
     assert d_untrained > 1e-2 and d_lora > 1e-3

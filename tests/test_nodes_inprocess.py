@@ -6,28 +6,15 @@ MMDiT with the adapter's tokens and vector injected as DESIGN.md §2 describes.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
 
+from conftest import pack_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK = "dream_engine_pack_under_test"
 LMM, DIRECT, STANDARD = "tiny-Qwen2-VL", "tiny_direct_map.safetensors", "tiny_standard_map.safetensors"
-
-
-@pytest.fixture(scope="module")
-def pack(comfy):
-    """The pack loaded as a package under its own name, as ComfyUI loads custom nodes."""
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[PACK]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +37,8 @@ def dit(models):
 
 
 def nodes(pack):
-    e = sys.modules[PACK + ".nodes.engine"]
-    s = sys.modules[PACK + ".nodes.segments"]
+    e = pack_module("nodes.engine")
+    s = pack_module("nodes.segments")
     return e.LoadDreamEngine, e.InterleavedConditioning, s.ImageSegment, s.BlendRatio
 
 

@@ -121,6 +121,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     log(f"scale {scale}: {json.dumps(asdict(sc))}", fh)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     timings = {}
+    losses = {}  # phase → [fixed-set loss before, after]
 
     def phase(name):
         timings[name] = time.time()
@@ -153,39 +154,36 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
         build_tiny_qwen2vl(lmm, lmm_size(), seed=0, words=VOCAB)
     done("lmm")
 
+    def train_phase(name, run_dir, marker, manifest, dit, **kw):
+        """One trainer run (skipped when its output exists); logs the fixed-set loss."""
+        if os.path.exists(os.path.join(run_dir, marker)):
+            return
+        tr = Trainer(trainer_cfg(run_dir, manifest, lmm, dit, vae, sc, blend="random", **kw)).setup()
+        before = tr.eval_loss()
+        tr.train()
+        losses[name] = [before, tr.eval_loss()]
+        log(f"{name}: fixed-set loss {before:.4f} -> {losses[name][1]:.4f}", fh)
+
     phase("pretrain")
     dit0 = os.path.join(out, "dit_init.safetensors")
     if not os.path.exists(dit0):
         build_tiny_sd35(dit0, depth=sc.depth, seed=0, pos_embed_max_size=16)
     pre = os.path.join(out, "pretrain")
-    if not os.path.exists(os.path.join(pre, "dit.safetensors")):
-        tr = Trainer(trainer_cfg(pre, base_m, lmm, dit0, vae, sc, stage=2, train_dit="full", steps=sc.pre_steps,
-                                 lr=5e-4, blend="random")).setup()
-        before = tr.eval_loss()
-        tr.train()
-        log(f"pretrain: fixed-set loss {before:.4f} -> {tr.eval_loss():.4f}", fh)
+    train_phase("pretrain", pre, "dit.safetensors", base_m, dit0, stage=2,
+                train_dit="full", steps=sc.pre_steps, lr=5e-4)
     done("pretrain")
 
     phase("stage1")
     s1 = os.path.join(out, "stage1")
-    if not os.path.exists(os.path.join(s1, "adapter.safetensors")):
-        tr = Trainer(trainer_cfg(s1, base_m, lmm, os.path.join(pre, "dit.safetensors"), vae, sc, stage=1,
-                                 steps=sc.s1_steps, lr=1e-3, blend="random", seed=1)).setup()
-        before = tr.eval_loss()
-        tr.train()
-        log(f"stage 1: fixed-set loss {before:.4f} -> {tr.eval_loss():.4f}", fh)
+    train_phase("stage1", s1, "adapter.safetensors", base_m, os.path.join(pre, "dit.safetensors"), stage=1,
+                steps=sc.s1_steps, lr=1e-3, seed=1)
     done("stage1")
 
     phase("stage2")
     s2 = os.path.join(out, "stage2")
-    if not os.path.exists(os.path.join(s2, "lora.safetensors")):
-        tr = Trainer(trainer_cfg(s2, s2_m, lmm, os.path.join(pre, "dit.safetensors"), vae, sc, stage=2,
-                                 train_dit="lora", lora_rank=16, steps=sc.s2_steps, lr=5e-4,
-                                 adapter_init=os.path.join(s1, "adapter.safetensors"), blend="random",
-                                 seed=2)).setup()
-        before = tr.eval_loss()
-        tr.train()
-        log(f"stage 2: fixed-set loss {before:.4f} -> {tr.eval_loss():.4f}", fh)
+    train_phase("stage2", s2, "lora.safetensors", s2_m, os.path.join(pre, "dit.safetensors"), stage=2,
+                train_dit="lora", lora_rank=16, steps=sc.s2_steps, lr=5e-4,
+                adapter_init=os.path.join(s1, "adapter.safetensors"), seed=2)
     done("stage2")
 
     phase("export")
@@ -220,7 +218,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
         scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
                           short_side=LMM_SHORT_SIDE, log=lambda m: log(m, fh))
         done("eval")
-    result = {"scale": scale, "timings_s": timings, "total_s": round(time.time() - t_all, 1), "scores": scores,
+    result = {"scale": scale, "timings_s": timings, "losses": losses, "total_s": round(time.time() - t_all, 1), "scores": scores,
               "files": {k: os.path.relpath(v, out) for k, v in files.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(result, f, indent=2)

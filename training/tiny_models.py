@@ -73,6 +73,16 @@ def build_tiny_vae(path: str, seed: int = 0) -> str:
     return path
 
 
+def build_core_models(paths: dict, depth: int = 2, seed: int = 0) -> None:
+    """Write the small DiT, VAE and Qwen2-VL at ``paths["dit"|"vae"|"lmm"]`` unless present."""
+    if not os.path.exists(paths["dit"]):
+        build_tiny_sd35(paths["dit"], depth=depth, seed=seed)
+    if not os.path.exists(paths["vae"]):
+        build_tiny_vae(paths["vae"], seed=seed)
+    if not os.path.exists(os.path.join(paths["lmm"], "model.safetensors")):
+        build_tiny_qwen2vl(paths["lmm"], LMMSize(), seed=seed)
+
+
 def build_demo_models(models_dir: str, depth: int = 2, seed: int = 0) -> dict[str, str]:
     """Write a complete small model set into a ComfyUI ``models`` folder.
 
@@ -86,12 +96,7 @@ def build_demo_models(models_dir: str, depth: int = 2, seed: int = 0) -> dict[st
         "adapter": os.path.join(models_dir, "dream_engine", "tiny_direct_map.safetensors"),
         "adapter_standard": os.path.join(models_dir, "dream_engine", "tiny_standard_map.safetensors"),
     }
-    if not os.path.exists(paths["dit"]):
-        build_tiny_sd35(paths["dit"], depth=depth, seed=seed)
-    if not os.path.exists(paths["vae"]):
-        build_tiny_vae(paths["vae"], seed=seed)
-    if not os.path.exists(os.path.join(paths["lmm"], "model.safetensors")):
-        build_tiny_qwen2vl(paths["lmm"], LMMSize(), seed=seed)
+    build_core_models(paths, depth=depth, seed=seed)
     lmm_dim = LMMSize().hidden_size
     if not os.path.exists(paths["adapter"]):
         build_tiny_adapter(paths["adapter"], lmm_dim=lmm_dim, kind="direct", token_dim=64 * depth, seed=seed)

@@ -15,10 +15,8 @@ def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, see
     from .host import import_comfy
 
     import_comfy()
-    from dream_engine_core.testing import LMMSize, build_tiny_qwen2vl
-
     from .shapes_world import write_dataset
-    from .tiny_models import build_tiny_sd35, build_tiny_vae
+    from .tiny_models import build_core_models
 
     paths = {
         "dit": os.path.join(folder, "dit.safetensors"),
@@ -26,12 +24,7 @@ def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, see
         "lmm": os.path.join(folder, "tiny-Qwen2-VL"),
         "manifest": os.path.join(folder, "data", "manifest.jsonl"),
     }
-    if not os.path.exists(paths["dit"]):
-        build_tiny_sd35(paths["dit"], depth=depth, seed=seed)
-    if not os.path.exists(paths["vae"]):
-        build_tiny_vae(paths["vae"], seed=seed)
-    if not os.path.exists(os.path.join(paths["lmm"], "model.safetensors")):
-        build_tiny_qwen2vl(paths["lmm"], LMMSize(), seed=seed)
+    build_core_models(paths, depth=depth, seed=seed)
     if not os.path.exists(paths["manifest"]):
         write_dataset(os.path.join(folder, "data"), n_records, seed=seed, size=image_size)
     return paths
