@@ -63,7 +63,7 @@ class Scale:
 
 SCALES = {
     "full": Scale(),
-    "ci": Scale(n_base=400, n_s2=300, vae_steps=150, pre_steps=120, s1_steps=20, s2_steps=60, batch=16,
+    "ci": Scale(n_base=600, n_s2=300, vae_steps=150, pre_steps=400, s1_steps=30, s2_steps=60, batch=16,
                 depth=2, eval_n=6, eval_steps=12),
 }
 

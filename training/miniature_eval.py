@@ -104,6 +104,7 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     names = {k: os.path.basename(v) for k, v in files.items()}
     rng = random.Random(seed)
     results: dict[str, list[bool]] = {}
+    colour_hits: list[bool] = []
     server = host.ComfyServer(workdir).start()
     t0 = time.time()
     count = 0
@@ -153,7 +154,10 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     try:
         for cat, text, check in t2i_cases(rng, n):
             img = render_graph("1_text_to_image.json", text, task_seed=count)
-            results.setdefault(cat, []).append(judge_t2i(detect(img), check))
+            dets = detect(img)
+            results.setdefault(cat, []).append(judge_t2i(dets, check))
+            if cat == "colours":  # the stated colour is there at all (chance: about 1 in 6)
+                colour_hits.append(any(d.colour == check["objects"][0][0] for d in dets))
         for r in RECON_R:
             sub = random.Random(seed + int(r * 100))
             for _ in range(n):
@@ -177,6 +181,7 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     finally:
         server.stop()
     s = score(results)
+    s["colour_hit"] = sum(colour_hits) / max(1, len(colour_hits))
     t2i = [s[c] for c in T2I]
     s["summary"] = {
         "t2i_overall": sum(t2i) / len(t2i),

@@ -1,0 +1,65 @@
+"""The miniature Dream Engine: the shipped default, and a shortened training run.
+
+The shortened run (``--scale ci``) goes through every phase of ``make miniature`` —
+shapes data, VAE, frozen Qwen2-VL, DiT pretraining, stage 1, stage 2, export — and
+ShapesEval through the real ComfyUI server, at a size CI can afford.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(ROOT, "miniature")
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory, comfy):
+    from training.miniature import run
+
+    return run(str(tmp_path_factory.mktemp("miniature")), "ci")
+
+
+def test_every_phase_learns(ci_run):
+    losses = ci_run["losses"]
+    assert set(losses) == {"pretrain", "stage1", "stage2"}
+    for phase, (before, after) in losses.items():
+        assert after < before, (phase, before, after)
+    # pretraining from scratch must do much more than drift
+    assert losses["pretrain"][1] < 0.6 * losses["pretrain"][0], losses
+
+
+def test_shapes_eval_runs_on_the_real_host(ci_run):
+    s = ci_run["scores"]
+    cats = ("single", "colours", "two", "counting", "position", "attribution", "reconstruct_r0",
+            "reconstruct_r0.5", "reconstruct_r1", "edit", "fusion")
+    for c in cats:
+        assert 0.0 <= s[c] <= 1.0 and s["n"][c] > 0, c
+    assert s["summary"]["images"] == sum(s["n"][c] for c in cats)
+    assert 0.0 <= s["colour_hit"] <= 1.0
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "profile.json")), reason="no shipped miniature")
+def test_shipped_miniature_is_complete_and_scored(comfy):
+    import comfy.sd
+    import comfy.utils
+
+    from dream_engine_core.encoder import check_lmm_folder
+    from dream_engine_core.weights import load_adapter
+
+    with open(os.path.join(SHIPPED, "profile.json")) as f:
+        prof = json.load(f)
+    m = os.path.join(SHIPPED, "models")
+    check_lmm_folder(os.path.join(m, "LLM", prof["lmm"]))
+    ad = load_adapter(os.path.join(m, "dream_engine", prof["adapter"]))
+    assert ad.spec.kind == "direct" and ad.spec.lmm_dim == 128
+    dit = comfy.sd.load_diffusion_model(os.path.join(m, "diffusion_models", prof["unet_name"]))
+    assert type(dit.model).__name__ == "SD3"
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join(m, "vae", prof["vae_name"])))
+    assert vae.latent_channels == 16
+    assert os.path.isfile(os.path.join(m, "loras", prof["lora"]))
+    with open(os.path.join(SHIPPED, "scores.json")) as f:
+        scores = json.load(f)
+    assert scores["scale"] == "full" and scores["scores"]["summary"]["images"] > 0
