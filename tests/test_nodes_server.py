@@ -12,7 +12,7 @@ import host
 NODE_INPUTS = {
     "LoadDreamEngine": ["model", "lmm", "adapter", "dtype", "device"],
     "DreamEngineInterleavedConditioning": ["dream_engine", "prompt", "task", "padding", "pooling", "positions",
-                                           "segments"],
+                                           "image_short_side", "min_pixels", "max_pixels", "segments"],
     "DreamEngineImageSegment": ["image", "name", "frame", "segments", "mask"],
     "DreamEngineBlendRatio": ["segments", "ratio", "apply_to"],
 }
