@@ -97,22 +97,11 @@ def test_standard_map_passes_model_through(pack, models, dit):
 
 def _hand_mmdit(path):
     """The same small MMDiT, built afresh from its file (no ComfyUI model wrapper)."""
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-    import comfy.ops
     from safetensors.torch import load_file
 
-    sd = load_file(path)
-    hidden, ctx = sd["context_embedder.weight"].shape
-    depth = hidden // 64
-    m = MMDiT(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth,
-              adm_in_channels=sd["y_embedder.mlp.0.weight"].shape[1],
-              context_embedder_config={"target": "torch.nn.Linear",
-                                       "params": {"in_features": ctx, "out_features": hidden}},
-              pos_embed_max_size=int(sd["pos_embed"].shape[1] ** 0.5), num_patches=sd["pos_embed"].shape[1],
-              qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32,
-              operations=comfy.ops.disable_weight_init)
-    m.load_state_dict(sd)
-    return m.eval()
+    from training.dit import mmdit_from_state_dict
+
+    return mmdit_from_state_dict(load_file(path))
 
 
 def test_sampling_through_patched_model_equals_hand_forward(pack, models, dit):
