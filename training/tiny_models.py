@@ -27,7 +27,7 @@ TINY_POOLED_DIM = 80
 def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled_dim: int = TINY_POOLED_DIM,
                      pos_embed_max_size: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
     """State dict of ComfyUI's MMDiT at SD3.5-Large layout, small depth."""
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT, get_2d_sincos_pos_embed
     import comfy.ops
 
     torch.manual_seed(seed)
@@ -46,8 +46,8 @@ def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled
     for k, v in sd.items():
         if k.endswith(("ln_q.weight", "ln_k.weight")) or ".norm" in k and k.endswith("weight"):
             out[k] = torch.ones_like(v)
-        elif k == "pos_embed":
-            out[k] = torch.randn(v.shape, generator=g) * 0.02
+        elif k == "pos_embed":  # SD3's fixed 2-D sine-cosine table, as the released checkpoints carry it
+            out[k] = torch.from_numpy(get_2d_sincos_pos_embed(v.shape[-1], pos_embed_max_size)).float().view(v.shape)
         elif v.ndim >= 2:
             fan_in = v[0].numel()
             out[k] = torch.randn(v.shape, generator=g) / fan_in ** 0.5
