@@ -208,3 +208,26 @@ def test_sampler_shards_are_a_partition_of_the_global_order():
     assert merged == single
     resumed = list(ResumableSampler(n, gb, 0, 1, seed=3, start_step=3, max_steps=5))
     assert resumed == single[12:]
+
+
+def test_bucketed_sampler_fills_batches_from_one_length_and_resumes():
+    from collections import Counter
+
+    from training.data import ResumableSampler
+
+    n, gb, steps = 103, 8, 12
+    keys = [(5 + i % 3, 0) if i < 90 else (20 + i, 1) for i in range(n)]  # 3 common lengths + 13 odd ones
+    full = list(ResumableSampler(n, gb, 0, 1, seed=3, max_steps=steps, bucket_keys=keys))
+    batches = [[i for _, i in full[s * gb:(s + 1) * gb]] for s in range(steps)]
+    kinds = Counter(len({keys[i] for i in b}) for b in batches)
+    # per epoch (12 steps): 90 records of 3 lengths fill 9 one-length batches, the rest 4
+    # mixed ones; of those 13 batches the 12 first in the shuffled order run
+    assert kinds[1] >= 8, kinds
+    epoch0 = [i for e, i in full if e == 0]
+    assert len(epoch0) == len(set(epoch0)) == (n // gb) * gb  # each record at most once per epoch
+    resumed = list(ResumableSampler(n, gb, 0, 1, seed=3, start_step=7, max_steps=steps, bucket_keys=keys))
+    assert resumed == full[7 * gb:]
+    shards = [list(ResumableSampler(n, gb, r, 2, seed=3, max_steps=steps, bucket_keys=keys)) for r in range(2)]
+    assert [k for s in range(steps) for r in range(2) for k in shards[r][s * 4:(s + 1) * 4]] == full
+    plain = list(ResumableSampler(n, gb, 0, 1, seed=3, max_steps=steps))
+    assert plain != full

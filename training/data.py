@@ -198,6 +198,28 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> li
     return torch.randperm(n, generator=g).tolist()
 
 
+def bucketed_order(perm: list[int], keys: list, global_batch: int, seed: int, epoch: int) -> list[int]:
+    """``perm`` reordered so that each global batch holds records of one bucket key
+    (the same token length), as far as the buckets fill whole batches.
+
+    Records of each key keep their order in ``perm`` and are cut into batches; the
+    remainders are pooled into mixed batches; the batches are then shuffled
+    (deterministically from ``seed`` and ``epoch``). Samples of one length run through
+    the DiT as one forward, so a step costs one or two forwards instead of one per length."""
+    by_key: dict = {}
+    for i in perm:
+        by_key.setdefault(keys[i], []).append(i)
+    batches, rest = [], []
+    for idx in by_key.values():
+        full = len(idx) // global_batch * global_batch
+        batches += [idx[k:k + global_batch] for k in range(0, full, global_batch)]
+        rest += idx[full:]
+    batches += [rest[k:k + global_batch] for k in range(0, len(rest), global_batch)]
+    g = torch.Generator().manual_seed(int(seed) * 65_537 + int(epoch) + 1_000_000_007)
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [i for b in order for i in batches[b]]
+
+
 # ---------------------------------------------------------------- images
 def load_rgb(path: str) -> Image.Image:
     with Image.open(path) as im:
@@ -255,7 +277,7 @@ class ResumableSampler(torch.utils.data.Sampler):
     is dropped."""
 
     def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int = 0,
-                 shuffle: bool = True, max_steps: int | None = None):
+                 shuffle: bool = True, max_steps: int | None = None, bucket_keys: list | None = None):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
         self.steps_per_epoch = n // global_batch
@@ -263,6 +285,10 @@ class ResumableSampler(torch.utils.data.Sampler):
             raise ValueError(f"the data set has {n} records, fewer than one global batch of {global_batch}")
         self.n, self.gb, self.rank, self.world = n, global_batch, rank, world
         self.seed, self.start_step, self.shuffle, self.max_steps = seed, start_step, shuffle, max_steps
+        if bucket_keys is not None and len(bucket_keys) != n:
+            raise ValueError(f"{len(bucket_keys)} bucket keys for {n} records")
+        self.bucket_keys = bucket_keys
+        self._order = (None, None)
 
     def position(self, step: int) -> tuple[int, int]:
         return divmod(step, self.steps_per_epoch)
@@ -272,11 +298,19 @@ class ResumableSampler(torch.utils.data.Sampler):
         step = self.start_step
         while self.max_steps is None or step < self.max_steps:
             epoch, k = self.position(step)
-            perm = epoch_permutation(self.n, self.seed, epoch, self.shuffle)
+            perm = self._epoch_order(epoch)
             base = k * self.gb + self.rank * local
             for i in perm[base:base + local]:
                 yield (epoch, i)
             step += 1
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if self._order[0] != epoch:
+            perm = epoch_permutation(self.n, self.seed, epoch, self.shuffle)
+            if self.bucket_keys is not None:
+                perm = bucketed_order(perm, self.bucket_keys, self.gb, self.seed, epoch)
+            self._order = (epoch, perm)
+        return self._order[1]
 
     def __len__(self):
         if self.max_steps is None:
@@ -289,9 +323,10 @@ def collate(items):
 
 
 def make_loader(records, resolution, seed, global_batch, micro_batch, rank, world, start_step, max_steps,
-                workers: int = 0, shuffle: bool = True, random_crop: bool = True):
+                workers: int = 0, shuffle: bool = True, random_crop: bool = True, bucket_keys: list | None = None):
     ds = ManifestDataset(records, resolution, seed, random_crop)
-    sampler = ResumableSampler(len(records), global_batch, rank, world, seed, start_step, shuffle, max_steps)
+    sampler = ResumableSampler(len(records), global_batch, rank, world, seed, start_step, shuffle, max_steps,
+                               bucket_keys)
     kw = {}
     if workers > 0:
         kw = {"num_workers": workers, "persistent_workers": False, "prefetch_factor": 2}

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from dream_engine_core.adapter import Adapter, AdapterSpec
-from dream_engine_core.prompt import build_task_inputs
+from dream_engine_core.prompt import IMG, build_task_inputs
 from dream_engine_core.weights import atomic_save, load_adapter
 
 from . import data as D
@@ -85,6 +85,7 @@ class TrainConfig:
     positions: str = "mrope"
     workers: int = 0
     cache: bool = False               # keep each record's LMM output and target latent in memory (frozen models)
+    bucket: bool = False              # batch records of equal token length together (fewer, larger DiT forwards)
     # objective
     cfg_dropout: dict = field(default_factory=lambda: {t: 0.1 for t in TASKS})
     blend: str = "random"             # random: r ~ U(0, 1) per sample; record: the record's ratio (default 0)
@@ -304,6 +305,17 @@ class Trainer:
         return self
 
     # ------------------------------------------------------------ samples
+    def bucket_keys(self) -> list:
+        """Per record: (text tokens, number of images) of its conditional input — records
+        with equal keys give the DiT equal context lengths (images of one size)."""
+        keys = []
+        for rec in self.records:
+            inp = build_task_inputs(rec.prompt, rec.refs(0.0), rec.task, style="training").cond
+            n_text = sum(len(self.encoder.tokenizer(piece, add_special_tokens=False)["input_ids"])
+                         for piece in inp.text.split(IMG) if piece)
+            keys.append((n_text, len(inp.images)))
+        return keys
+
     def _drop_p(self, task):
         return float(self.cfg.cfg_dropout.get(task, 0.0))
 
@@ -556,7 +568,8 @@ class Trainer:
             with open(os.path.join(c.out, "config.json"), "w") as f:
                 json.dump(self.config_dict(), f, indent=2)
         loader, _ = D.make_loader(self.records, c.resolution, c.seed, c.batch, c.micro_batch, self.rank,
-                                  self.world, self.step, self.steps, c.workers, c.shuffle, c.random_crop)
+                                  self.world, self.step, self.steps, c.workers, c.shuffle, c.random_crop,
+                                  self.bucket_keys() if c.bucket else None)
         from tqdm import tqdm
 
         bar = tqdm(total=self.steps, initial=self.step, desc=f"stage {c.stage}",
