@@ -117,10 +117,14 @@ def build_tokenizer(folder: str, real_vocab_ids: bool = False, words: tuple = ()
 
 
 def build_tiny_qwen2vl(folder: str, size: LMMSize = LMMSize(), seed: int = 0, dtype=torch.float32,
-                       real_vocab_ids: bool = False, weights: bool = True, words: tuple = ()) -> str:
+                       real_vocab_ids: bool = False, weights: bool = True, words: tuple = (),
+                       embed_std: float | None = None) -> str:
     """Write a Qwen2-VL folder (config, safetensors weights, tokenizer, processor config).
 
     Random weights from ``seed``; same architecture classes as Qwen2-VL-2B-Instruct.
+    ``embed_std``: draw the token embeddings with this standard deviation instead of
+    transformers' 0.02 (a larger one makes each token's state dominated by the token
+    itself rather than by the average of the tokens before it).
     Returns ``folder``. With ``weights=False`` only the config and tokenizer are written
     (used to build a model in memory without a weights file).
     """
@@ -177,6 +181,8 @@ def build_tiny_qwen2vl(folder: str, size: LMMSize = LMMSize(), seed: int = 0, dt
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
         emb[ids["<|endoftext|>"]].normal_(0.0, 0.02)
+        if embed_std is not None:
+            emb.normal_(0.0, embed_std, generator=torch.Generator().manual_seed(seed + 1))
     model.save_pretrained(folder, safe_serialization=True)
     return folder
 

@@ -278,42 +278,39 @@ def load_api(name_or_path: str) -> dict:
         return json.load(f)
 
 
-def small_model_profile(prompt: dict, adapter: str | None = None, size: int | None = None) -> dict:
-    """A copy of an API workflow set up for the small models: their file names and a
-    resolution their position embedding covers. Nothing else changes."""
+def _with_models(prompt: dict, unet: str, vae: str, lmm: str, adapter: str, size: int) -> dict:
+    """A copy of an API workflow loading these files, at this image size."""
     p = copy.deepcopy(prompt)
     for node in p.values():
         ct, inp = node["class_type"], node["inputs"]
         if ct == "UNETLoader":
-            inp["unet_name"] = SMALL["unet_name"]
+            inp["unet_name"] = unet
         elif ct == "VAELoader":
-            inp["vae_name"] = SMALL["vae_name"]
+            inp["vae_name"] = vae
         elif ct == "LoadDreamEngine":
-            inp["lmm"] = SMALL["lmm"]
-            inp["adapter"] = adapter or SMALL["adapter"]
+            inp["lmm"], inp["adapter"] = lmm, adapter
         elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
-            inp["width"] = inp["height"] = size or SMALL["size"]
+            inp["width"] = inp["height"] = size
     return p
+
+
+def small_model_profile(prompt: dict, adapter: str | None = None, size: int | None = None) -> dict:
+    """A copy of an API workflow set up for the small models: their file names and a
+    resolution their position embedding covers. Nothing else changes."""
+    return _with_models(prompt, SMALL["unet_name"], SMALL["vae_name"], SMALL["lmm"], adapter or SMALL["adapter"],
+                        size or SMALL["size"])
 
 
 def profile_from(prompt: dict, prof: dict) -> dict:
     """A copy of an API workflow set up for a model set described by ``prof`` (the
     miniature's ``profile.json``: file names, size, image_short_side, steps, cfg, prompt)."""
-    p = copy.deepcopy(prompt)
+    p = _with_models(prompt, prof["unet_name"], prof["vae_name"], prof["lmm"], prof["adapter"], prof["size"])
     for node in p.values():
         ct, inp = node["class_type"], node["inputs"]
-        if ct == "UNETLoader":
-            inp["unet_name"] = prof["unet_name"]
-        elif ct == "VAELoader":
-            inp["vae_name"] = prof["vae_name"]
-        elif ct == "LoadDreamEngine":
-            inp["lmm"], inp["adapter"] = prof["lmm"], prof["adapter"]
-        elif ct == "DreamEngineInterleavedConditioning":
+        if ct == "DreamEngineInterleavedConditioning":
             inp["image_short_side"] = prof["image_short_side"]
             if inp.get("task") == "generate":
                 inp["prompt"] = prof["prompt"]
-        elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
-            inp["width"] = inp["height"] = prof["size"]
         elif ct == "KSampler":
             inp["steps"], inp["cfg"] = prof["steps"], prof["cfg"]
     return p

@@ -24,7 +24,7 @@ def ci_run(tmp_path_factory, comfy):
 
 def test_every_phase_learns(ci_run):
     losses = ci_run["losses"]
-    assert set(losses) == {"pretrain", "stage1", "stage2"}
+    assert set(losses) == {"lmm", "pretrain", "stage1", "stage2"}
     for phase, (before, after) in losses.items():
         assert after < before, (phase, before, after)
     # pretraining from scratch must do much more than drift
@@ -63,3 +63,41 @@ def test_shipped_miniature_is_complete_and_scored(comfy):
     with open(os.path.join(SHIPPED, "scores.json")) as f:
         scores = json.load(f)
     assert scores["scale"] == "full" and scores["scores"]["summary"]["images"] > 0
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "profile.json")), reason="no shipped miniature")
+def test_shipped_miniature_renders_its_demo_prompt(tmp_path):
+    """`make demo`'s graph on the shipped miniature, through the real server: the picture
+    shows what the prompt says (ShapesEval's check), and the README shows that picture."""
+    from PIL import Image
+
+    from host import ComfyServer, load_api, prepare_base_dir, profile_from
+    from training.shapes_eval import check_caption, detect
+
+    with open(os.path.join(SHIPPED, "profile.json")) as f:
+        prof = json.load(f)
+    base = prepare_base_dir(str(tmp_path / "base"), os.path.join(SHIPPED, "models"))
+    server = ComfyServer(base).start()
+    try:
+        entry = server.run(profile_from(load_api("1_text_to_image.json"), prof), timeout=600)
+        img = Image.open(server.output_images(entry)[0]).convert("RGB")
+    finally:
+        server.stop()
+    assert img.size == (prof["size"], prof["size"])
+    assert check_caption(detect(img), prof["check"]), (prof["prompt"], detect(img))
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "docs/miniature_demo.png" in readme and prof["prompt"] in readme
+    assert os.path.isfile(os.path.join(ROOT, "docs", "miniature_demo.png"))
+
+
+def test_every_workflow_has_a_thumbnail():
+    wf = os.path.join(ROOT, "workflows")
+    names = sorted(f[:-5] for f in os.listdir(wf) if f.endswith(".json"))
+    assert names
+    if not os.path.isfile(os.path.join(SHIPPED, "profile.json")):
+        pytest.skip("no shipped miniature (thumbnails are rendered by it)")
+    from PIL import Image
+
+    for n in names:
+        im = Image.open(os.path.join(wf, n + ".jpg"))
+        assert im.format == "JPEG" and im.height >= 64, n

@@ -9,8 +9,10 @@ Every part is the project's own code path, at miniature scale:
 1. **data** — the shapes world (``training.shapes_world``): 64-px images, captions and
    records for the four tasks, deterministic from the seed;
 2. **VAE** — ComfyUI's 16-channel TAESD trained on shapes (``training.vae``);
-3. **LMM** — a small Qwen2-VL built by the core's builder, random and frozen, as in the
-   paper (its tokenizer has one token per word of the shapes vocabulary);
+3. **LMM** — a small Qwen2-VL built by the core's builder (its tokenizer has one token per
+   word of the shapes vocabulary), pretrained for a few minutes on grounded captioning of
+   the shapes world (``training.lmm_pretrain``, standing in for Qwen2-VL's own
+   pretraining), then frozen for everything after, as in the paper;
 4. **pretraining** — an SD3.5-format MMDiT (ComfyUI's class) trained from scratch,
    fully, together with a direct-map adapter on text→image and reconstruction, standing
    in for SD3.5's own pretraining;
@@ -44,17 +46,18 @@ VOCAB = ("Generate", "Image", "Edit", "image", "following", "Combine", "the", "o
          "Copy", "circle", "square", "triangle", "circles", "squares", "triangles", "red", "green", "blue",
          "yellow", "purple", "orange", "one", "two", "three", "four", "left", "right", "of", "above", "below",
          "make", "it", "turn", "into", "remove", "shape", "colour", "in", "put", "first", "second", "small",
-         "large", "a")
+         "large", "a", "top", "bottom", "centre")
 
 
 @dataclass
 class Scale:
-    n_base: int = 6000          # records for pretraining and stage 1 (t2i + reconstruct)
-    n_s2: int = 4000            # records for stage 2 (edit + fuse + replay)
+    n_base: int = 12000         # records for pretraining and stage 1 (t2i + reconstruct)
+    n_s2: int = 6000            # records for stage 2 (edit + fuse + replay)
     vae_steps: int = 1500
-    pre_steps: int = 3000
-    s1_steps: int = 600
-    s2_steps: int = 2000
+    lmm_steps: int = 1500       # LMM pretraining (grounded captioning) before it is frozen
+    pre_steps: int = 8000
+    s1_steps: int = 800
+    s2_steps: int = 3000
     batch: int = 32
     depth: int = 3              # DiT blocks (hidden 64·depth)
     eval_n: int = 24            # prompts per ShapesEval category
@@ -63,11 +66,13 @@ class Scale:
 
 SCALES = {
     "full": Scale(),
-    "ci": Scale(n_base=600, n_s2=300, vae_steps=150, pre_steps=400, s1_steps=30, s2_steps=60, batch=16,
+    "ci": Scale(n_base=600, n_s2=300, vae_steps=150, lmm_steps=150, pre_steps=400, s1_steps=30, s2_steps=60, batch=16,
                 depth=2, eval_n=6, eval_steps=12),
 }
 
 IMAGE = 64
+DEMO_PROMPT = "a red circle left of a blue square"   # what `make demo` renders on the miniature
+LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is the word's
 LMM_SHORT_SIDE = 112            # 64-px images → 8×8 patches → 16 merged vision tokens each
 
 
@@ -88,12 +93,16 @@ def lmm_size():
 
 
 def trainer_cfg(out, manifest, lmm, dit, vae, sc: Scale, **kw):
+    """The trainers' settings for the miniature. ``shift=3``: σ is drawn from SD3's
+    logit-normal shifted like ComfyUI's SD3 sampling schedule (shift 3) — large flat
+    objects survive a lot of noise, so what the prompt decides (colour, shape, place) is
+    decided at σ > 0.8, which the unshifted distribution rarely visits."""
     from training.train import TrainConfig
 
     base = dict(manifest=manifest, lmm=lmm, dit=dit, vae=vae, out=out, resolution=IMAGE, random_crop=False,
                 lmm_short_side=LMM_SHORT_SIDE, lmm_min_pixels=56 * 56, lmm_max_pixels=512 * 28 * 28,
-                batch=sc.batch, micro_batch=sc.batch, adapter_hidden=256, cache=True, precision="bf16",
-                ckpt_every=0, val_n=16, warmup=0.05, shift=1.0, progress=True, seed=0)
+                batch=sc.batch, micro_batch=sc.batch, adapter_hidden=256, cache=True, bucket=True, precision="bf16",
+                ckpt_every=0, val_n=16, warmup=0.05, shift=3.0, progress=True, seed=0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -115,6 +124,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     from training.vae import train_vae
 
     sc = SCALES[scale]
+    out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     fh = open(os.path.join(out, "miniature.log"), "a")
     t_all = time.time()
@@ -151,7 +161,13 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     phase("lmm")
     lmm = os.path.join(out, "Qwen2-VL-miniature")
     if not os.path.exists(os.path.join(lmm, "model.safetensors")):
-        build_tiny_qwen2vl(lmm, lmm_size(), seed=0, words=VOCAB)
+        from training.lmm_pretrain import pretrain_lmm
+
+        random_lmm = os.path.join(out, "Qwen2-VL-miniature-random")
+        build_tiny_qwen2vl(random_lmm, lmm_size(), seed=0, words=VOCAB, embed_std=LMM_EMBED_STD)
+        r = pretrain_lmm(random_lmm, lmm, steps=sc.lmm_steps, seed=0, size=IMAGE, short_side=LMM_SHORT_SIDE,
+                         log=lambda m: log(m, fh))
+        losses["lmm"] = [r["before"]["total"], r["after"]["total"]]
     done("lmm")
 
     def train_phase(name, run_dir, marker, manifest, dit, **kw):
@@ -255,7 +271,8 @@ def profile(files: dict, sc: "Scale") -> dict:
         "unet_name": os.path.basename(files["dit"]), "vae_name": os.path.basename(files["vae"]),
         "lmm": os.path.basename(files["lmm"]), "adapter": os.path.basename(files["adapter"]),
         "lora": os.path.basename(files["lora"]), "size": IMAGE, "image_short_side": LMM_SHORT_SIDE,
-        "steps": sc.eval_steps, "cfg": 3.5, "prompt": "a red circle left of a blue square",
+        "steps": sc.eval_steps, "cfg": 3.5, "prompt": DEMO_PROMPT,
+        "check": {"kind": "position", "objects": [["red", "circle"], ["blue", "square"]], "relation": "left of"},
     }
 
 

@@ -80,6 +80,38 @@ def _two(rng):
     return a, b
 
 
+def set_widgets(prompt: dict, prof: dict, text: str, image_names=(), seg_names=(), ratios=(), seed: int = 0) -> dict:
+    """A copy of a shipped API workflow with only its widget values changed: the model
+    files, size, steps and CFG of ``prof`` (the miniature's profile), the prompt text,
+    the input images, the segments' names and blend ratios (in node order), the seed."""
+    p = json.loads(json.dumps(prompt))
+    li = si = bi = 0
+    for nid in sorted(p, key=int):
+        ct, i = p[nid]["class_type"], p[nid]["inputs"]
+        if ct == "UNETLoader":
+            i["unet_name"] = prof["unet_name"]
+        elif ct == "VAELoader":
+            i["vae_name"] = prof["vae_name"]
+        elif ct == "LoadDreamEngine":
+            i["lmm"], i["adapter"], i["dtype"] = prof["lmm"], prof["adapter"], "fp32"
+        elif ct == "DreamEngineInterleavedConditioning":
+            i["prompt"], i["image_short_side"] = text, prof["image_short_side"]
+        elif ct == "EmptySD3LatentImage":
+            i["width"] = i["height"] = prof["size"]
+        elif ct == "KSampler":
+            i["seed"], i["steps"], i["cfg"] = seed, prof["steps"], prof["cfg"]
+        elif ct == "LoadImage":
+            i["image"] = image_names[li]
+            li += 1
+        elif ct == "DreamEngineImageSegment":
+            i["name"] = seg_names[si] if si < len(seg_names) else ""
+            si += 1
+        elif ct == "DreamEngineBlendRatio":
+            i["ratio"] = ratios[bi] if bi < len(ratios) else 0.0
+            bi += 1
+    return p
+
+
 def judge_t2i(dets, check) -> bool:
     if check["kind"] == "shape":
         return any(d.shape == check["shape"] for d in dets)
@@ -92,6 +124,7 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
              cfg: float = 3.5, log=print, seed: int = EVAL_SEED) -> dict:
     """Render and score; returns per-category accuracy, the summary and the counts."""
     host = _harness()
+    workdir = os.path.abspath(workdir)
     models = os.path.join(workdir, "models")
     layout = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}
     for k, sub in layout.items():
@@ -109,40 +142,17 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     t0 = time.time()
     count = 0
 
+    prof = {"unet_name": names["dit"], "vae_name": names["vae"], "lmm": names["lmm"], "adapter": names["adapter"],
+            "size": size, "image_short_side": short_side, "steps": steps, "cfg": cfg}
+
     def render_graph(workflow: str, prompt_text: str, images=(), seg_names=(), ratios=(), task_seed=0):
         nonlocal count
-        p = host.load_api(workflow)
         img_names = []
         for k, im in enumerate(images):
             fn = f"eval_{count:05d}_{k}.png"
             im.save(os.path.join(inp_dir, fn))
             img_names.append(fn)
-        li = si = bi = 0
-        for nid in sorted(p, key=int):
-            node = p[nid]
-            ct, i = node["class_type"], node["inputs"]
-            if ct == "UNETLoader":
-                i["unet_name"] = names["dit"]
-            elif ct == "VAELoader":
-                i["vae_name"] = names["vae"]
-            elif ct == "LoadDreamEngine":
-                i["lmm"], i["adapter"], i["dtype"] = names["lmm"], names["adapter"], "fp32"
-            elif ct == "DreamEngineInterleavedConditioning":
-                i["prompt"] = prompt_text
-                i["image_short_side"] = short_side
-            elif ct == "EmptySD3LatentImage":
-                i["width"] = i["height"] = size
-            elif ct == "KSampler":
-                i["seed"], i["steps"], i["cfg"] = task_seed, steps, cfg
-            elif ct == "LoadImage":
-                i["image"] = img_names[li]
-                li += 1
-            elif ct == "DreamEngineImageSegment":
-                i["name"] = seg_names[si] if si < len(seg_names) else ""
-                si += 1
-            elif ct == "DreamEngineBlendRatio":
-                i["ratio"] = ratios[bi] if bi < len(ratios) else 0.0
-                bi += 1
+        p = set_widgets(host.load_api(workflow), prof, prompt_text, img_names, seg_names, ratios, task_seed)
         entry = server.run(p, timeout=600)
         err = host.execution_error(entry)
         if err:

@@ -79,17 +79,27 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return img
 
 
-# Non-overlapping slots: objects sit on a 2×2 grid of cells with jitter.
-_CELLS = [(0.27, 0.27), (0.73, 0.27), (0.27, 0.73), (0.73, 0.73)]
+# Positions: the centres of a 2×2 grid of cells (objects never overlap). Placing
+# objects exactly on the cells keeps the miniature's world small enough to learn on a
+# CPU; 1–4 objects over 4 cells × 37 cell states still give ~1.9 million scenes.
+_CELLS = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)]
+CELL_NAMES = {(0.25, 0.25): ("top", "left"), (0.75, 0.25): ("top", "right"),
+              (0.25, 0.75): ("bottom", "left"), (0.75, 0.75): ("bottom", "right")}
 
 
 def _place(rng: random.Random, n: int, sizes: list[str]) -> list[tuple[float, float]]:
-    cells = rng.sample(_CELLS, n)
-    out = []
-    for (cx, cy), s in zip(cells, sizes):
-        j = 0.23 - SIZES[s] - 0.01
-        out.append((cx + rng.uniform(-j, j), cy + rng.uniform(-j, j)))
-    return out
+    return rng.sample(_CELLS, n)
+
+
+def grounding(scene: Scene) -> str:
+    """A grounded description, objects in reading order: "large red circle top left , …"
+    (the miniature LMM's captioning target)."""
+    objs = sorted(scene.objects, key=lambda o: (o.y, o.x))
+    parts = []
+    for o in objs:
+        where = CELL_NAMES.get((o.x, o.y), ("centre",))
+        parts.append(" ".join((o.size, o.colour, o.shape) + where))
+    return " , ".join(parts)
 
 
 def random_scene(rng: random.Random, n: int | None = None, shape=None, colour=None) -> Scene:
@@ -175,8 +185,8 @@ def fuse_pair(rng: random.Random) -> tuple[list[Scene], str, Scene, dict]:
         tgt = Scene((Obj(a.shape, b.colour, "large", 0.5, 0.5),))
         return ([Scene((a,)), Scene((b,))], "the shape of [image 1] in the colour of [image 2]", tgt,
                 {"kind": "attribute", "objects": [[b.colour, a.shape]]})
-    y = rng.uniform(0.35, 0.65)
-    tgt = Scene((replace(a, size="small", x=0.27, y=y), replace(b, size="small", x=0.73, y=y)))
+    y = rng.choice((0.25, 0.75))
+    tgt = Scene((replace(a, x=0.25, y=y), replace(b, x=0.75, y=y)))
     return ([Scene((a,)), Scene((b,))], "put [image 1] left of [image 2]", tgt,
             {"kind": "position", "objects": [[a.colour, a.shape], [b.colour, b.shape]], "relation": "left of"})
 

@@ -1,0 +1,173 @@
+"""Pretraining of the miniature's Qwen2-VL on the shapes world (a stand-in for Qwen2-VL's own).
+
+Dream Engine keeps its LMM frozen and relies on what the LMM learnt in pretraining:
+that image tokens say *what* is *where*, and that text states carry their sentence.
+A randomly initialised Qwen2-VL lacks the first: its vision tower uses only rotary
+positions, so with small random attention weights a patch's feature says what the
+patch shows but not where it is, and nothing downstream can put the objects back in
+place. Before it is frozen, the miniature's vision tower is therefore trained for a
+couple of minutes the way a VLM's vision side is aligned to its language model
+(captioning and grounding through the frozen language model), on shapes-world data:
+
+* **grounded captioning**: ``<image> large red circle top left , small blue square …``
+  (next-token loss on the description after the image, through the frozen language
+  model);
+* **grounding probes**: a linear head reads each merged vision token's grid cell from
+  the vision tower's output and from the language model's state at that token
+  (the heads are discarded).
+
+The language model itself keeps its random weights (see ``pretrain_lmm``): its text
+states stay close to the words they stand for.
+
+The result is written as a normal Qwen2-VL folder (safetensors, tokenizer, processor
+config) that ``LMMEncoder.from_folder`` and LoadDreamEngine load unchanged.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dream_engine_core.encoder import LMMEncoder
+from dream_engine_core.prompt import IMG, ModelInput
+
+from .shapes_world import grounding, random_scene, render
+
+
+class _Batches:
+    """Image + grounded-description samples, grouped by token length."""
+
+    def __init__(self, enc: LMMEncoder, size: int, short_side: int, min_pixels: int, max_pixels: int):
+        self.enc, self.size = enc, size
+        self.img_args = (short_side, min_pixels, max_pixels)
+
+    def image_group(self, scenes):
+        enc = self.enc
+        prep = enc.prepare_images([render(s, self.size) for s in scenes], *self.img_args)
+        rows, spans = [], None
+        for k, s in enumerate(scenes):
+            ids, _, sp = enc.tokenize(ModelInput(IMG + " " + grounding(s), [k], [0.0]), prep)
+            rows.append(ids[0])
+            spans = sp
+        groups = {}
+        for k, r in enumerate(rows):
+            groups.setdefault(len(r), []).append(k)
+        out = []
+        for idx in groups.values():
+            sub_px = torch.cat([prep.pixel_values.view(len(scenes), -1, prep.pixel_values.shape[-1])[i]
+                                for i in idx])
+            out.append({"ids": torch.stack([rows[i] for i in idx]), "pixel_values": sub_px,
+                        "grid": prep.grid_thw[idx], "span": spans[0], "tokens": prep.tokens_per_image[0]})
+        return out
+
+
+def _grid_labels(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """Each merged vision token's cell index (row-major over the merged grid)."""
+    labels = []
+    for t, h, w in grid_thw.tolist():
+        labels.append(torch.arange(t * (h // merge) * (w // merge)))
+    return torch.cat(labels)
+
+
+def _losses(model, heads, g_img, merge):
+    inner = model.model
+    total, parts = 0.0, {}
+    lm_loss, probe_v, probe_l, acc = [], [], [], []
+    for g in g_img:
+        ids = g["ids"]
+        B, L = ids.shape
+        feats = inner.visual(g["pixel_values"], grid_thw=g["grid"]).pooler_output  # [B·n, D]
+        a, b = g["span"]
+        embeds = inner.get_input_embeddings()(ids).clone()
+        embeds[:, a:b] = feats.view(B, b - a, -1).to(embeds.dtype)
+        mm = (ids == model.config.image_token_id).int()
+        pos, _ = inner.get_rope_index(ids, mm, image_grid_thw=g["grid"])
+        h = inner.language_model(inputs_embeds=embeds, position_ids=pos, use_cache=False).last_hidden_state
+        logits = model.lm_head(h[:, b + 1:-1])  # predict the description after <|vision_end|>
+        tgt = ids[:, b + 2:]
+        lm_loss.append(F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten()))
+        acc.append((logits.argmax(-1) == tgt).float().mean())
+        cells = _grid_labels(g["grid"], merge)
+        probe_v.append(F.cross_entropy(heads["vit"](feats.float()), cells))
+        probe_l.append(F.cross_entropy(heads["llm"](h[:, a:b].flatten(0, 1).float()), cells))
+    parts["lm"] = torch.stack(lm_loss).mean()
+    parts["probe_vit"] = torch.stack(probe_v).mean()
+    parts["probe_llm"] = torch.stack(probe_l).mean()
+    total = parts["lm"] + 0.5 * (parts["probe_vit"] + parts["probe_llm"])
+    parts["desc_acc"] = torch.stack(acc).mean()
+    parts["total"] = total
+    return total, parts
+
+
+def pretrain_lmm(src: str, dst: str, steps: int = 1500, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+                 size: int = 64, short_side: int = 112, min_pixels: int = 56 * 56,
+                 max_pixels: int = 512 * 28 * 28, log=print, progress: bool = True) -> dict:
+    """Align the vision tower of the Qwen2-VL folder ``src`` on the shapes world; write
+    the whole model to ``dst``.
+
+    Returns the held-out figures before and after (``lm``: description loss,
+    ``desc_acc``: its token accuracy, ``probe_vit`` / ``probe_llm``: grid-cell probe
+    losses, ``total``)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    enc = LMMEncoder.from_folder(src, dtype=torch.float32)
+    model = enc.model
+    # Only the vision tower (and its merger) learns. The language model stays as built:
+    # a two-layer language model trained on next-word prediction turns each state into a
+    # guess of the next word (its head is tied to the embeddings) and loses the word
+    # itself, which is what the adapter needs; a large LMM keeps both.
+    model.eval().requires_grad_(False)
+    model.model.visual.train().requires_grad_(True)
+    D = enc.hidden_size
+    mk = _Batches(enc, size, short_side, min_pixels, max_pixels)
+    rng = random.Random(seed)
+    held_rng = random.Random(seed + 10_000)
+    held_img = mk.image_group([random_scene(held_rng) for _ in range(64)])
+    n_cells = int(held_img[0]["tokens"])
+    vit_dim = model.model.visual.merger.mlp[-1].out_features
+    heads = torch.nn.ModuleDict({"vit": torch.nn.Linear(vit_dim, n_cells), "llm": torch.nn.Linear(D, n_cells)})
+    params = list(model.model.visual.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # 5 % warm-up, then cosine
+        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+    @torch.no_grad()
+    def held_out():
+        model.model.visual.eval()
+        _, parts = _losses(model, heads, held_img, enc.merge)
+        model.model.visual.train()
+        return {k: round(float(v), 5) for k, v in parts.items()}
+
+    before = held_out()
+    log(f"lmm pretraining: held-out before {before}")
+    t0 = time.time()
+    bar = tqdm(total=steps, desc="lmm", disable=not progress)
+    for step in range(steps):
+        g_img = mk.image_group([random_scene(rng) for _ in range(batch)])
+        loss, parts = _losses(model, heads, g_img, enc.merge)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{parts['desc_acc'].item():.2f}")
+    bar.close()
+    after = held_out()
+    log(f"lmm pretraining: held-out after {after} ({time.time() - t0:.0f} s)")
+    model.eval().requires_grad_(False)
+    tmp = dst + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return {"before": before, "after": after, "steps": steps, "batch": batch}
