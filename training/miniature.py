@@ -71,7 +71,7 @@ SCALES = {
 }
 
 IMAGE = 64
-DEMO_PROMPT = "a red circle left of a blue square"   # what `make demo` renders on the miniature
+DEMO_PROMPT = "a blue square left of a red circle"   # what `make demo` renders on the miniature
 LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is the word's
 LMM_SHORT_SIDE = 112            # 64-px images → 8×8 patches → 16 merged vision tokens each
 
@@ -272,7 +272,7 @@ def profile(files: dict, sc: "Scale") -> dict:
         "lmm": os.path.basename(files["lmm"]), "adapter": os.path.basename(files["adapter"]),
         "lora": os.path.basename(files["lora"]), "size": IMAGE, "image_short_side": LMM_SHORT_SIDE,
         "steps": sc.eval_steps, "cfg": 3.5, "prompt": DEMO_PROMPT,
-        "check": {"kind": "position", "objects": [["red", "circle"], ["blue", "square"]], "relation": "left of"},
+        "check": {"kind": "position", "objects": [["blue", "square"], ["red", "circle"]], "relation": "left of"},
     }
 
 
