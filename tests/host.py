@@ -93,9 +93,16 @@ def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
         models_dir = os.path.abspath(models_dir)
         if os.path.islink(models) and os.readlink(models) != models_dir:
             os.unlink(models)
+        elif os.path.isdir(models) and not os.path.islink(models):
+            # the small models an earlier run built here: keep them beside, link the requested set
+            os.replace(models, models + ".small")
         if not os.path.lexists(models):
             os.symlink(models_dir, models)
     else:
+        if os.path.islink(models):  # never build into a linked models folder (e.g. the shipped miniature)
+            os.unlink(models)
+        if os.path.isdir(models + ".small") and not os.path.lexists(models):
+            os.replace(models + ".small", models)
         build_small_models(models)
     write_example_images(os.path.join(base, "input"))
     return base
