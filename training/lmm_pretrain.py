@@ -39,31 +39,18 @@ from dream_engine_core.prompt import IMG, ModelInput
 from .shapes_world import grounding, random_scene, render
 
 
-class _Batches:
-    """Image + grounded-description samples, grouped by token length."""
-
-    def __init__(self, enc: LMMEncoder, size: int, short_side: int, min_pixels: int, max_pixels: int):
-        self.enc, self.size = enc, size
-        self.img_args = (short_side, min_pixels, max_pixels)
-
-    def image_group(self, scenes):
-        enc = self.enc
-        prep = enc.prepare_images([render(s, self.size) for s in scenes], *self.img_args)
-        rows, spans = [], None
-        for k, s in enumerate(scenes):
-            ids, _, sp = enc.tokenize(ModelInput(IMG + " " + grounding(s), [k], [0.0]), prep)
-            rows.append(ids[0])
-            spans = sp
-        groups = {}
-        for k, r in enumerate(rows):
-            groups.setdefault(len(r), []).append(k)
-        out = []
-        for idx in groups.values():
-            sub_px = torch.cat([prep.pixel_values.view(len(scenes), -1, prep.pixel_values.shape[-1])[i]
-                                for i in idx])
-            out.append({"ids": torch.stack([rows[i] for i in idx]), "pixel_values": sub_px,
-                        "grid": prep.grid_thw[idx], "span": spans[0], "tokens": prep.tokens_per_image[0]})
-        return out
+def _image_groups(enc: LMMEncoder, scenes, size: int, img_args: tuple) -> list[dict]:
+    """Image + grounded-description samples, grouped by token length (the number of
+    objects sets the description's length)."""
+    prep = enc.prepare_images([render(s, size) for s in scenes], *img_args)
+    per_image = prep.pixel_values.view(len(scenes), -1, prep.pixel_values.shape[-1])
+    groups: dict[int, list] = {}
+    for k, s in enumerate(scenes):
+        ids, _, spans = enc.tokenize(ModelInput(IMG + " " + grounding(s), [k], [0.0]), prep)
+        groups.setdefault(ids.shape[1], []).append((k, ids[0], spans[0]))
+    return [{"ids": torch.stack([r for _, r, _ in g]), "pixel_values": torch.cat([per_image[k] for k, _, _ in g]),
+             "grid": prep.grid_thw[[k for k, _, _ in g]], "span": g[0][2], "tokens": prep.tokens_per_image[0]}
+            for g in groups.values()]
 
 
 def _grid_labels(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
@@ -76,7 +63,7 @@ def _grid_labels(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
 
 def _losses(model, heads, g_img, merge):
     inner = model.model
-    total, parts = 0.0, {}
+    parts = {}
     lm_loss, probe_v, probe_l, acc = [], [], [], []
     for g in g_img:
         ids = g["ids"]
@@ -125,10 +112,10 @@ def pretrain_lmm(src: str, dst: str, steps: int = 1500, batch: int = 32, lr: flo
     model.eval().requires_grad_(False)
     model.model.visual.train().requires_grad_(True)
     D = enc.hidden_size
-    mk = _Batches(enc, size, short_side, min_pixels, max_pixels)
+    img_args = (short_side, min_pixels, max_pixels)
     rng = random.Random(seed)
     held_rng = random.Random(seed + 10_000)
-    held_img = mk.image_group([random_scene(held_rng) for _ in range(64)])
+    held_img = _image_groups(enc, [random_scene(held_rng) for _ in range(64)], size, img_args)
     n_cells = int(held_img[0]["tokens"])
     vit_dim = model.model.visual.merger.mlp[-1].out_features
     heads = torch.nn.ModuleDict({"vit": torch.nn.Linear(vit_dim, n_cells), "llm": torch.nn.Linear(D, n_cells)})
@@ -149,7 +136,7 @@ def pretrain_lmm(src: str, dst: str, steps: int = 1500, batch: int = 32, lr: flo
     t0 = time.time()
     bar = tqdm(total=steps, desc="lmm", disable=not progress)
     for step in range(steps):
-        g_img = mk.image_group([random_scene(rng) for _ in range(batch)])
+        g_img = _image_groups(enc, [random_scene(rng) for _ in range(batch)], size, img_args)
         loss, parts = _losses(model, heads, g_img, enc.merge)
         opt.zero_grad(set_to_none=True)
         loss.backward()
