@@ -93,7 +93,7 @@ def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
         models_dir = os.path.abspath(models_dir)
         if os.path.islink(models) and os.readlink(models) != models_dir:
             os.unlink(models)
-        elif os.path.isdir(models) and not os.path.islink(models):
+        elif os.path.isdir(models) and not os.path.islink(models) and os.path.realpath(models) != os.path.realpath(models_dir):
             # the small models an earlier run built here: keep them beside, link the requested set
             os.replace(models, models + ".small")
         if not os.path.lexists(models):
