@@ -52,3 +52,40 @@ def test_scenes_do_not_overlap():
     for _ in range(200):
         s = random_scene(rng)
         assert len(detect(render(s))) == len(s.objects)
+
+
+def test_text_to_image_captions_follow_the_mix_and_the_picture():
+    """Captions are drawn by kind (T2I_MIX), and each one is true of the scene it comes with."""
+    from training.shapes_world import T2I_MIX, t2i_sample
+
+    rng = random.Random(11)
+    n = 3000
+    counts = {}
+    for i in range(n):
+        scene, cap, check = t2i_sample(rng)
+        counts[check["kind"]] = counts.get(check["kind"], 0) + 1
+        if i < 300:
+            assert check_caption(detect(render(scene)), check), (cap, scene)
+        if check["kind"] == "count":
+            assert cap.split()[0] in ("two", "three", "four") and len(scene.objects) == check["count"]
+        if check["kind"] == "position":
+            assert check["relation"] in cap
+    for kind, w in T2I_MIX:
+        assert abs(counts[kind] / n - w) < 0.03, (kind, counts)
+
+
+def test_lmm_content_labels_name_what_each_vision_token_covers():
+    import torch
+
+    from training.lmm_pretrain import _CONTENT, _content_labels
+
+    s = Scene((Obj("circle", "red", "large", 0.25, 0.25), Obj("square", "blue", "small", 0.75, 0.75)))
+    lab = _content_labels(s, torch.tensor([1, 8, 8]), 2)  # 4×4 merged tokens, row-major
+    assert lab.shape == (16, 3)
+    names = [[vals[int(k)] for k, (_, vals) in zip(row, _CONTENT)] for row in lab]
+    for t in (0, 1, 4, 5):
+        assert names[t] == ["red", "circle", "large"]
+    for t in (10, 11, 14, 15):
+        assert names[t] == ["blue", "square", "small"]
+    for t in (2, 3, 6, 7, 8, 9, 12, 13):
+        assert names[t] == [None, None, None]

@@ -12,9 +12,12 @@ couple of minutes the way a VLM's vision side is aligned to its language model
 * **grounded captioning**: ``<image> large red circle top left , small blue square …``
   (next-token loss on the description after the image, through the frozen language
   model);
-* **grounding probes**: a linear head reads each merged vision token's grid cell from
-  the vision tower's output and from the language model's state at that token
-  (the heads are discarded).
+* **grounding probes**: linear heads read, from each merged vision token (the vision
+  tower's output, and the language model's state at that token), the token's grid cell
+  and what it shows — the colour, shape and size of the object it covers, or none
+  (the heads are discarded). The cell probe puts *where* into the tokens; the content
+  probe keeps *what* there while it does (with the cell probe alone, a linear probe
+  read a token's colour 92 % of the time, against 100 % before the alignment).
 
 The language model itself keeps its random weights (see ``pretrain_lmm``): its text
 states stay close to the words they stand for.
@@ -36,7 +39,10 @@ import torch.nn.functional as F
 from dream_engine_core.encoder import LMMEncoder
 from dream_engine_core.prompt import IMG, ModelInput
 
-from .shapes_world import grounding, random_scene, render
+from .shapes_world import COLOURS, SHAPES, SIZES, grounding, random_scene, render
+
+# content classes of a merged vision token: none + each colour / shape / size
+_CONTENT = (("colour", (None,) + tuple(COLOURS)), ("shape", (None,) + SHAPES), ("size", (None,) + tuple(SIZES)))
 
 
 def _image_groups(enc: LMMEncoder, scenes, size: int, img_args: tuple) -> list[dict]:
@@ -49,8 +55,31 @@ def _image_groups(enc: LMMEncoder, scenes, size: int, img_args: tuple) -> list[d
         ids, _, spans = enc.tokenize(ModelInput(IMG + " " + grounding(s), [k], [0.0]), prep)
         groups.setdefault(ids.shape[1], []).append((k, ids[0], spans[0]))
     return [{"ids": torch.stack([r for _, r, _ in g]), "pixel_values": torch.cat([per_image[k] for k, _, _ in g]),
-             "grid": prep.grid_thw[[k for k, _, _ in g]], "span": g[0][2], "tokens": prep.tokens_per_image[0]}
+             "grid": prep.grid_thw[[k for k, _, _ in g]], "span": g[0][2], "tokens": prep.tokens_per_image[0],
+             "content": torch.cat([_content_labels(scenes[k], prep.grid_thw[k], enc.merge) for k, _, _ in g])}
             for g in groups.values()]
+
+
+def _content_labels(scene, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """[tokens, 3]: for each merged vision token (row-major), the class index of the colour,
+    shape and size of the object whose box holds the token's centre (0: none)."""
+    t, h, w = (int(v) for v in grid_thw)
+    hh, ww = h // merge, w // merge
+    rows = []
+    for _ in range(t):
+        for r in range(hh):
+            for c in range(ww):
+                x, y = (c + 0.5) / ww, (r + 0.5) / hh
+                hit = [o for o in scene.objects if abs(x - o.x) <= SIZES[o.size] and abs(y - o.y) <= SIZES[o.size]]
+                o = hit[0] if hit else None
+                rows.append([vals.index(getattr(o, attr) if o else None) for attr, vals in _CONTENT])
+    return torch.tensor(rows)
+
+
+def _content_loss(head: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the content probe, summed over colour, shape and size."""
+    logits = head(x.float()).split([len(v) for _, v in _CONTENT], dim=-1)
+    return sum(F.cross_entropy(lg, labels[:, k]) for k, lg in enumerate(logits))
 
 
 def _grid_labels(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
@@ -64,7 +93,7 @@ def _grid_labels(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
 def _losses(model, heads, g_img, merge):
     inner = model.model
     parts = {}
-    lm_loss, probe_v, probe_l, acc = [], [], [], []
+    lm_loss, probe_v, probe_l, acc, what_v, what_l = [], [], [], [], [], []
     for g in g_img:
         ids = g["ids"]
         B, L = ids.shape
@@ -82,10 +111,14 @@ def _losses(model, heads, g_img, merge):
         cells = _grid_labels(g["grid"], merge)
         probe_v.append(F.cross_entropy(heads["vit"](feats.float()), cells))
         probe_l.append(F.cross_entropy(heads["llm"](h[:, a:b].flatten(0, 1).float()), cells))
+        what_v.append(_content_loss(heads["vit_what"], feats, g["content"]))
+        what_l.append(_content_loss(heads["llm_what"], h[:, a:b].flatten(0, 1), g["content"]))
     parts["lm"] = torch.stack(lm_loss).mean()
     parts["probe_vit"] = torch.stack(probe_v).mean()
     parts["probe_llm"] = torch.stack(probe_l).mean()
-    total = parts["lm"] + 0.5 * (parts["probe_vit"] + parts["probe_llm"])
+    parts["what_vit"] = torch.stack(what_v).mean()
+    parts["what_llm"] = torch.stack(what_l).mean()
+    total = parts["lm"] + 0.5 * (parts["probe_vit"] + parts["probe_llm"] + parts["what_vit"] + parts["what_llm"])
     parts["desc_acc"] = torch.stack(acc).mean()
     parts["total"] = total
     return total, parts
@@ -99,7 +132,7 @@ def pretrain_lmm(src: str, dst: str, steps: int = 1500, batch: int = 32, lr: flo
 
     Returns the held-out figures before and after (``lm``: description loss,
     ``desc_acc``: its token accuracy, ``probe_vit`` / ``probe_llm``: grid-cell probe
-    losses, ``total``)."""
+    losses, ``what_vit`` / ``what_llm``: content probe losses, ``total``)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -118,7 +151,9 @@ def pretrain_lmm(src: str, dst: str, steps: int = 1500, batch: int = 32, lr: flo
     held_img = _image_groups(enc, [random_scene(held_rng) for _ in range(64)], size, img_args)
     n_cells = int(held_img[0]["tokens"])
     vit_dim = model.model.visual.merger.mlp[-1].out_features
-    heads = torch.nn.ModuleDict({"vit": torch.nn.Linear(vit_dim, n_cells), "llm": torch.nn.Linear(D, n_cells)})
+    n_what = sum(len(v) for _, v in _CONTENT)
+    heads = torch.nn.ModuleDict({"vit": torch.nn.Linear(vit_dim, n_cells), "llm": torch.nn.Linear(D, n_cells),
+                                 "vit_what": torch.nn.Linear(vit_dim, n_what), "llm_what": torch.nn.Linear(D, n_what)})
     params = list(model.model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(  # 5 % warm-up, then cosine

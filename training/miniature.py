@@ -56,7 +56,7 @@ class Scale:
     vae_steps: int = 1500
     lmm_steps: int = 1500       # LMM pretraining (grounded captioning) before it is frozen
     pre_steps: int = 8000
-    s1_steps: int = 800
+    s1_steps: int = 1200
     s2_steps: int = 3000
     batch: int = 32
     depth: int = 3              # DiT blocks (hidden 64·depth)

@@ -151,6 +151,38 @@ def caption_for(scene: Scene, rng: random.Random) -> tuple[str, dict]:
     return f"{parts} and a {describe(objs[-1])}", {"kind": "many", "objects": [[o.colour, o.shape] for o in objs]}
 
 
+# Text→image captions by kind, in these proportions. Captions derived from random
+# scenes would be mostly lists of 3–4 objects (counting 1.5 %, position 12 %); the
+# kind is drawn first, then a scene that fits it.
+T2I_MIX = (("single", 0.15), ("count", 0.25), ("two", 0.2), ("position", 0.25), ("many", 0.15))
+
+
+def t2i_sample(rng: random.Random) -> tuple[Scene, str, dict]:
+    """A text→image training sample: (scene, caption, check), its kind drawn from ``T2I_MIX``."""
+    kinds, weights = zip(*T2I_MIX)
+    kind = rng.choices(kinds, weights)[0]
+    if kind == "single":
+        scene = random_scene(rng, n=1)
+    elif kind == "count":
+        scene = random_scene(rng, n=rng.randint(2, 4), shape=rng.choice(SHAPES), colour=rng.choice(list(COLOURS)))
+    elif kind == "many":
+        scene = random_scene(rng, n=rng.randint(3, 4))
+    else:
+        scene = random_scene(rng, n=2)
+        while len({(o.colour, o.shape) for o in scene.objects}) < 2:
+            scene = random_scene(rng, n=2)
+    if kind in ("two", "position"):
+        a, b = scene.objects
+        objects = [[a.colour, a.shape], [b.colour, b.shape]]
+        if kind == "position":
+            rel = relation(a, b)
+            return scene, f"a {describe(a)} {rel} a {describe(b)}", {"kind": "position", "objects": objects,
+                                                                     "relation": rel}
+        return scene, f"a {describe(a)} and a {describe(b)}", {"kind": "two", "objects": objects}
+    cap, check = caption_for(scene, rng)
+    return scene, cap, check
+
+
 # ---------------------------------------------------------------- task records
 def edit_pair(rng: random.Random) -> tuple[Scene, str, Scene, dict]:
     """A source scene, an instruction, the target scene, and the check."""
@@ -207,8 +239,7 @@ def write_dataset(out_dir: str, n: int, seed: int = 0, size: int = 64,
     for i in range(n):
         task = rng.choices(tasks, weights)[0]
         if task == "t2i":
-            s = random_scene(rng)
-            cap, check = caption_for(s, rng)
+            s, cap, check = t2i_sample(rng)
             lines.append({"task": "t2i", "prompt": cap, "target": save(s, f"{i:06d}"), "check": check})
         elif task == "reconstruct":
             s = random_scene(rng)
