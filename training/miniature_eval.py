@@ -22,6 +22,7 @@ Prompts and input scenes are drawn from a seed the training data never used.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -40,6 +41,7 @@ T2I = ("single", "colours", "two", "counting", "position", "attribution")
 RECON_R = (0.0, 0.5, 1.0)
 
 
+@functools.lru_cache(maxsize=None)
 def _harness():
     spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -82,24 +84,20 @@ def _two(rng):
 
 def set_widgets(prompt: dict, prof: dict, text: str, image_names=(), seg_names=(), ratios=(), seed: int = 0) -> dict:
     """A copy of a shipped API workflow with only its widget values changed: the model
-    files, size, steps and CFG of ``prof`` (the miniature's profile), the prompt text,
-    the input images, the segments' names and blend ratios (in node order), the seed."""
-    p = json.loads(json.dumps(prompt))
+    files, size, steps and CFG of ``prof`` (the miniature's profile, applied by the test
+    harness's ``profile_from``), the prompt text (of every conditioning node), fp32 for
+    the LMM, the input images, the segments' names and blend ratios (in node order), the
+    seed."""
+    p = _harness().profile_from(prompt, {**prof, "prompt": text})
     li = si = bi = 0
     for nid in sorted(p, key=int):
         ct, i = p[nid]["class_type"], p[nid]["inputs"]
-        if ct == "UNETLoader":
-            i["unet_name"] = prof["unet_name"]
-        elif ct == "VAELoader":
-            i["vae_name"] = prof["vae_name"]
-        elif ct == "LoadDreamEngine":
-            i["lmm"], i["adapter"], i["dtype"] = prof["lmm"], prof["adapter"], "fp32"
+        if ct == "LoadDreamEngine":
+            i["dtype"] = "fp32"
         elif ct == "DreamEngineInterleavedConditioning":
-            i["prompt"], i["image_short_side"] = text, prof["image_short_side"]
-        elif ct == "EmptySD3LatentImage":
-            i["width"] = i["height"] = prof["size"]
+            i["prompt"] = text
         elif ct == "KSampler":
-            i["seed"], i["steps"], i["cfg"] = seed, prof["steps"], prof["cfg"]
+            i["seed"] = seed
         elif ct == "LoadImage":
             i["image"] = image_names[li]
             li += 1
