@@ -24,12 +24,14 @@ them with ``--unet``, ``--vae``, ``--lmm``, ``--adapter``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from training.host import server_harness  # noqa: E402  (needs ROOT on sys.path)
 
 
 MINIATURE = os.path.join(ROOT, "miniature")
@@ -44,13 +46,6 @@ def miniature_profile() -> dict | None:
 
     with open(p) as f:
         return json.load(f)
-
-
-def load_harness():
-    spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main(argv=None) -> int:
@@ -75,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
 
-    host = load_harness()
+    host = server_harness()
     t0 = time.time()
     base = os.path.abspath(args.workdir)
     if args.models_dir and not os.path.isdir(args.models_dir):

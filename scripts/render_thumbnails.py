@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--demo-out", default=os.path.join(ROOT, "docs", "miniature_demo.png"))
     args = ap.parse_args(argv)
 
-    from scripts.demo import MINIATURE, load_harness, miniature_profile
+    from scripts.demo import MINIATURE, miniature_profile
+    from training.host import server_harness
     from training.miniature_eval import set_widgets
 
     prof = miniature_profile()
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         print("no shipped miniature (miniature/profile.json); run: python -m training.miniature --ship",
               file=sys.stderr)
         return 2
-    host = load_harness()
+    host = server_harness()
     base = os.path.abspath(args.workdir)
     host.prepare_base_dir(base, os.path.join(MINIATURE, "models"))
     server = host.ComfyServer(base).start()

@@ -22,8 +22,6 @@ Prompts and input scenes are drawn from a seed the training data never used.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import random
@@ -32,6 +30,7 @@ import time
 
 from PIL import Image
 
+from .host import server_harness
 from .shapes_eval import check_caption, check_edit, detect, same_scene, score
 from .shapes_world import COLOURS, NUMBERS, SHAPES, Scene, edit_pair, fuse_pair, random_scene, relation, render
 
@@ -41,12 +40,6 @@ T2I = ("single", "colours", "two", "counting", "position", "attribution")
 RECON_R = (0.0, 0.5, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
-def _harness():
-    spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def t2i_cases(rng: random.Random, n: int) -> list[tuple[str, str, dict]]:
@@ -88,7 +81,7 @@ def set_widgets(prompt: dict, prof: dict, text: str, image_names=(), seg_names=(
     harness's ``profile_from``), the prompt text (of every conditioning node), fp32 for
     the LMM, the input images, the segments' names and blend ratios (in node order), the
     seed."""
-    p = _harness().profile_from(prompt, {**prof, "prompt": text})
+    p = server_harness().profile_from(prompt, {**prof, "prompt": text})
     li = si = bi = 0
     for nid in sorted(p, key=int):
         ct, i = p[nid]["class_type"], p[nid]["inputs"]
@@ -121,7 +114,7 @@ def judge_t2i(dets, check) -> bool:
 def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side: int = 112, size: int = 64,
              cfg: float = 3.5, log=print, seed: int = EVAL_SEED) -> dict:
     """Render and score; returns per-category accuracy, the summary and the counts."""
-    host = _harness()
+    host = server_harness()
     workdir = os.path.abspath(workdir)
     models = os.path.join(workdir, "models")
     layout = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}

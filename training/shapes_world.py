@@ -87,10 +87,6 @@ CELL_NAMES = {(0.25, 0.25): ("top", "left"), (0.75, 0.25): ("top", "right"),
               (0.25, 0.75): ("bottom", "left"), (0.75, 0.75): ("bottom", "right")}
 
 
-def _place(rng: random.Random, n: int, sizes: list[str]) -> list[tuple[float, float]]:
-    return rng.sample(_CELLS, n)
-
-
 def grounding(scene: Scene) -> str:
     """A grounded description, objects in reading order: "large red circle top left , …"
     (the miniature LMM's captioning target)."""
@@ -105,7 +101,7 @@ def grounding(scene: Scene) -> str:
 def random_scene(rng: random.Random, n: int | None = None, shape=None, colour=None) -> Scene:
     n = n or rng.randint(1, 4)
     sizes = [rng.choice(list(SIZES)) for _ in range(n)]
-    pos = _place(rng, n, sizes)
+    pos = rng.sample(_CELLS, n)
     return Scene(tuple(Obj(shape or rng.choice(SHAPES), colour or rng.choice(list(COLOURS)), s, x, y)
                        for s, (x, y) in zip(sizes, pos)))
 
@@ -140,13 +136,7 @@ def caption_for(scene: Scene, rng: random.Random) -> tuple[str, dict]:
                                                                  "count": n}
     if len(objs) == 2:
         a, b = objs
-        if rng.random() < 0.5 and (a.colour, a.shape) != (b.colour, b.shape):
-            rel = relation(a, b)
-            return f"a {describe(a)} {rel} a {describe(b)}", {"kind": "position",
-                                                              "objects": [[a.colour, a.shape], [b.colour, b.shape]],
-                                                              "relation": rel}
-        return f"a {describe(a)} and a {describe(b)}", {"kind": "two",
-                                                        "objects": [[a.colour, a.shape], [b.colour, b.shape]]}
+        return _pair_caption(a, b, rng.random() < 0.5 and (a.colour, a.shape) != (b.colour, b.shape))
     parts = ", ".join(f"a {describe(o)}" for o in objs[:-1])
     return f"{parts} and a {describe(objs[-1])}", {"kind": "many", "objects": [[o.colour, o.shape] for o in objs]}
 
@@ -172,15 +162,19 @@ def t2i_sample(rng: random.Random) -> tuple[Scene, str, dict]:
         while len({(o.colour, o.shape) for o in scene.objects}) < 2:
             scene = random_scene(rng, n=2)
     if kind in ("two", "position"):
-        a, b = scene.objects
-        objects = [[a.colour, a.shape], [b.colour, b.shape]]
-        if kind == "position":
-            rel = relation(a, b)
-            return scene, f"a {describe(a)} {rel} a {describe(b)}", {"kind": "position", "objects": objects,
-                                                                     "relation": rel}
-        return scene, f"a {describe(a)} and a {describe(b)}", {"kind": "two", "objects": objects}
-    cap, check = caption_for(scene, rng)
+        cap, check = _pair_caption(*scene.objects, positional=kind == "position")
+    else:
+        cap, check = caption_for(scene, rng)
     return scene, cap, check
+
+
+def _pair_caption(a: Obj, b: Obj, positional: bool) -> tuple[str, dict]:
+    """"a X left of a Y" (``positional``) or "a X and a Y", and its check."""
+    objects = [[a.colour, a.shape], [b.colour, b.shape]]
+    if positional:
+        rel = relation(a, b)
+        return f"a {describe(a)} {rel} a {describe(b)}", {"kind": "position", "objects": objects, "relation": rel}
+    return f"a {describe(a)} and a {describe(b)}", {"kind": "two", "objects": objects}
 
 
 # ---------------------------------------------------------------- task records
