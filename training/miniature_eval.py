@@ -27,19 +27,20 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 from PIL import Image
 
 from .host import server_harness
 from .shapes_eval import check_caption, check_edit, detect, same_scene, score
-from .shapes_world import COLOURS, NUMBERS, SHAPES, Scene, edit_pair, fuse_pair, random_scene, relation, render
+from .shapes_world import COLOURS, NUMBERS, SHAPES, edit_pair, fuse_pair, random_scene, relation, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_SEED = 987_654
 T2I = ("single", "colours", "two", "counting", "position", "attribution")
 RECON_R = (0.0, 0.5, 1.0)
-
-
 
 
 def t2i_cases(rng: random.Random, n: int) -> list[tuple[str, str, dict]]:
@@ -111,9 +112,77 @@ def judge_t2i(dets, check) -> bool:
     return check_caption(dets, check)
 
 
+@dataclass
+class Case:
+    """One ShapesEval item: the workflow and its widget values, and the check."""
+    category: str
+    workflow: str
+    text: str
+    judge: Callable[[list], bool]          # detections → pass
+    images: tuple = ()                     # input scenes (rendered at eval size)
+    seg_names: tuple = ()
+    ratios: tuple = ()
+    colour: str | None = None              # "colours" items: the stated colour (``colour_hit``)
+
+
+def cases(n: int, seed: int = EVAL_SEED) -> list[Case]:
+    """The evaluation items, ``n`` per category, all drawn from ``seed``."""
+    rng = random.Random(seed)
+    out = []
+    for cat, text, check in t2i_cases(rng, n):
+        out.append(Case(cat, "1_text_to_image.json", text, partial(judge_t2i, check=check),
+                        colour=check["objects"][0][0] if cat == "colours" else None))
+    for r in RECON_R:
+        sub = random.Random(seed + int(r * 100))
+        for _ in range(n):
+            sc = random_scene(sub)
+            out.append(Case(f"reconstruct_r{r:g}", "4_reconstruct_variation.json", "",
+                            partial(same_scene, scene=sc), (sc,), ratios=(r,)))
+    for _ in range(n):
+        src, instr, _, check = edit_pair(rng)
+        out.append(Case("edit", "2_edit.json", instr, partial(check_edit, src=src, check=check), (src,)))
+    for _ in range(n):
+        srcs, cap, _, check = fuse_pair(rng)
+        a, b = srcs[0].objects[0].shape, srcs[1].objects[0].shape
+        out.append(Case("fusion", "3_object_fusion.json", cap, partial(check_caption, check=check), tuple(srcs),
+                        tuple([a, b] if a != b else ["first", "second"]), (0.0, 0.0)))
+    return out
+
+
+def _scores(results: dict, colour_hits: list) -> dict:
+    s = score(results)
+    s["colour_hit"] = sum(colour_hits) / max(1, len(colour_hits))
+    t2i = [s[c] for c in T2I]
+    s["summary"] = {
+        "t2i_overall": sum(t2i) / len(t2i),
+        "reconstruct_by_r": {f"{r:g}": s[f"reconstruct_r{r:g}"] for r in RECON_R},
+        "edit": s["edit"], "fusion": s["fusion"], "overall": s["overall"],
+    }
+    return s
+
+
+def chance(n: int = 24, draws: int = 20, size: int = 64, seed: int = EVAL_SEED) -> dict:
+    """ShapesEval of a generator that ignores its prompt and its input images: for every
+    item, ``draws`` random scenes of the shapes world (the training distribution),
+    rendered and judged by the same detector and checks. What a model must beat."""
+    rng = random.Random(seed + 1)
+    results: dict[str, list[bool]] = {}
+    colour_hits: list[bool] = []
+    for case in cases(n, seed):
+        for _ in range(draws):
+            dets = detect(render(random_scene(rng), size))
+            results.setdefault(case.category, []).append(case.judge(dets))
+            if case.colour:
+                colour_hits.append(any(d.colour == case.colour for d in dets))
+    s = _scores(results, colour_hits)
+    s["summary"]["images"] = len(cases(n, seed)) * draws
+    return s
+
+
 def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side: int = 112, size: int = 64,
              cfg: float = 3.5, log=print, seed: int = EVAL_SEED) -> dict:
-    """Render and score; returns per-category accuracy, the summary and the counts."""
+    """Render and score; returns per-category accuracy, the summary, the counts, and
+    ``chance``: the same categories for a prompt-blind generator (:func:`chance`)."""
     host = server_harness()
     workdir = os.path.abspath(workdir)
     models = os.path.join(workdir, "models")
@@ -126,70 +195,38 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     host.prepare_base_dir(workdir, models)
     inp_dir = os.path.join(workdir, "input")
     names = {k: os.path.basename(v) for k, v in files.items()}
-    rng = random.Random(seed)
     results: dict[str, list[bool]] = {}
     colour_hits: list[bool] = []
-    server = host.ComfyServer(workdir).start()
-    t0 = time.time()
-    count = 0
-
     prof = {"unet_name": names["dit"], "vae_name": names["vae"], "lmm": names["lmm"], "adapter": names["adapter"],
             "size": size, "image_short_side": short_side, "steps": steps, "cfg": cfg}
-
-    def render_graph(workflow: str, prompt_text: str, images=(), seg_names=(), ratios=(), task_seed=0):
-        nonlocal count
-        img_names = []
-        for k, im in enumerate(images):
-            fn = f"eval_{count:05d}_{k}.png"
-            im.save(os.path.join(inp_dir, fn))
-            img_names.append(fn)
-        p = set_widgets(host.load_api(workflow), prof, prompt_text, img_names, seg_names, ratios, task_seed)
-        entry = server.run(p, timeout=600)
-        err = host.execution_error(entry)
-        if err:
-            raise RuntimeError(f"ComfyUI failed on {workflow} with {prompt_text!r}: {json.dumps(err)[:2000]}")
-        out = Image.open(server.output_images(entry)[0]).convert("RGB")
-        count += 1
-        return out
-
+    server = host.ComfyServer(workdir).start()
+    t0 = time.time()
+    items = cases(n, seed)
     try:
-        for cat, text, check in t2i_cases(rng, n):
-            img = render_graph("1_text_to_image.json", text, task_seed=count)
+        for count, case in enumerate(items):
+            img_names = []
+            for k, sc in enumerate(case.images):
+                fn = f"eval_{count:05d}_{k}.png"
+                render(sc, size).save(os.path.join(inp_dir, fn))
+                img_names.append(fn)
+            p = set_widgets(host.load_api(case.workflow), prof, case.text, img_names, case.seg_names, case.ratios,
+                            count)
+            entry = server.run(p, timeout=600)
+            err = host.execution_error(entry)
+            if err:
+                raise RuntimeError(f"ComfyUI failed on {case.workflow} with {case.text!r}: {json.dumps(err)[:2000]}")
+            img = Image.open(server.output_images(entry)[0]).convert("RGB")
             dets = detect(img)
-            results.setdefault(cat, []).append(judge_t2i(dets, check))
-            if cat == "colours":  # the stated colour is there at all (chance: about 1 in 6)
-                colour_hits.append(any(d.colour == check["objects"][0][0] for d in dets))
-        for r in RECON_R:
-            sub = random.Random(seed + int(r * 100))
-            for _ in range(n):
-                sc = random_scene(sub)
-                img = render_graph("4_reconstruct_variation.json", "", [render(sc, size)], ratios=[r],
-                                   task_seed=count)
-                results.setdefault(f"reconstruct_r{r:g}", []).append(same_scene(detect(img), sc))
-        for _ in range(n):
-            src, instr, _, check = edit_pair(rng)
-            img = render_graph("2_edit.json", instr, [render(src, size)], task_seed=count)
-            results.setdefault("edit", []).append(check_edit(detect(img), src, check))
-        for _ in range(n):
-            srcs, cap, _, check = fuse_pair(rng)
-            a, b = srcs[0].objects[0].shape, srcs[1].objects[0].shape
-            seg = [a, b] if a != b else ["first", "second"]
-            img = render_graph("3_object_fusion.json", cap, [render(s, size) for s in srcs], seg, (0.0, 0.0),
-                               task_seed=count)
-            results.setdefault("fusion", []).append(check_caption(detect(img), check))
-            if len(results["fusion"]) <= 4:
+            results.setdefault(case.category, []).append(case.judge(dets))
+            if case.colour:  # the stated colour is there at all
+                colour_hits.append(any(d.colour == case.colour for d in dets))
+            if case.category == "fusion" and len(results["fusion"]) <= 4:
                 img.save(os.path.join(workdir, f"fusion_{len(results['fusion'])}.png"))
     finally:
         server.stop()
-    s = score(results)
-    s["colour_hit"] = sum(colour_hits) / max(1, len(colour_hits))
-    t2i = [s[c] for c in T2I]
-    s["summary"] = {
-        "t2i_overall": sum(t2i) / len(t2i),
-        "reconstruct_by_r": {f"{r:g}": s[f"reconstruct_r{r:g}"] for r in RECON_R},
-        "edit": s["edit"], "fusion": s["fusion"], "overall": s["overall"],
-        "images": count, "seconds": round(time.time() - t0, 1), "sampler_steps": steps, "cfg": cfg,
-    }
-    log(f"ShapesEval: {json.dumps(s['summary'])}")
+    s = _scores(results, colour_hits)
+    s["summary"].update(images=len(items), seconds=round(time.time() - t0, 1), sampler_steps=steps, cfg=cfg)
+    s["chance"] = chance(n, size=size, seed=seed)
+    log(f"ShapesEval: {json.dumps(s['summary'])}; chance overall {s['chance']['overall']:.3f}")
     shutil.rmtree(inp_dir, ignore_errors=True)
     return s
