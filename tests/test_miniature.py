@@ -51,16 +51,16 @@ def _binom_tail(k: int, n: int, p: float) -> float:
 
 
 def test_shortened_run_beats_chance(ci_run):
-    """Minutes of training from scratch must already follow the prompt's colour: on the
-    colour items, the model's hits are ones a prompt-blind generator (random scenes of the
-    training distribution, judged by the same checks) makes with probability < 1 %, and
-    the text→image mean is above that generator's."""
+    """Minutes of training from scratch must already follow the prompt's colour. Chance is
+    a prompt-blind generator (random scenes of the training distribution, judged by the
+    same checks): the stated colour must be present in images as often as that generator
+    manages with probability < 0.1 %, and the exact (colour, shape) more often than it.
+    Shapes, counts and relations are not learnt at this size (docs/miniature.md)."""
     s, ch = ci_run["scores"], ci_run["scores"]["chance"]
     n = s["n"]["colours"]
-    for key in ("colours", "colour_hit"):
-        hits = round(s[key] * n)
-        assert _binom_tail(hits, n, ch[key]) < 0.01, (key, s[key], "chance", ch[key], n)
-    assert s["summary"]["t2i_overall"] > ch["summary"]["t2i_overall"], (s["summary"], ch["summary"])
+    hits = round(s["colour_hit"] * n)
+    assert _binom_tail(hits, n, ch["colour_hit"]) < 0.001, (s["colour_hit"], "chance", ch["colour_hit"], n)
+    assert s["colours"] > ch["colours"], (s["colours"], "chance", ch["colours"], n)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "profile.json")), reason="no shipped miniature")

@@ -72,8 +72,8 @@ class Scale:
 # the shipped VAE reconstructs 90 %. The VAE trainer has its own test (tests/test_vae.py).
 SCALES = {
     "full": Scale(),
-    "ci": Scale(n_base=600, n_s2=300, vae_steps=0, lmm_steps=150, pre_steps=1500, s1_steps=30, s2_steps=60, batch=16,
-                depth=2, eval_n=8, eval_steps=12),
+    "ci": Scale(n_base=600, n_s2=300, vae_steps=0, lmm_steps=150, pre_steps=1500, s1_steps=300, s2_steps=60, batch=16,
+                depth=2, eval_n=12, eval_steps=12),
 }
 
 IMAGE = 64
