@@ -18,7 +18,9 @@ edit                   2_edit                           new attribute, untouched
 fusion                 3_object_fusion                  the fused object(s) as the caption says
 =====================  ===============================  ============================================
 
-Prompts and input scenes are drawn from a seed the training data never used.
+Prompts and input scenes are drawn from a seed the training data never used. Beside
+the scores, ``chance`` gives the same categories for a prompt-blind generator (random
+scenes of the training distribution, judged by the same checks).
 """
 from __future__ import annotations
 
@@ -168,14 +170,15 @@ def chance(n: int = 24, draws: int = 20, size: int = 64, seed: int = EVAL_SEED) 
     rng = random.Random(seed + 1)
     results: dict[str, list[bool]] = {}
     colour_hits: list[bool] = []
-    for case in cases(n, seed):
+    items = cases(n, seed)
+    for case in items:
         for _ in range(draws):
             dets = detect(render(random_scene(rng), size))
             results.setdefault(case.category, []).append(case.judge(dets))
             if case.colour:
                 colour_hits.append(any(d.colour == case.colour for d in dets))
     s = _scores(results, colour_hits)
-    s["summary"]["images"] = len(cases(n, seed)) * draws
+    s["summary"]["images"] = len(items) * draws
     return s
 
 
