@@ -159,13 +159,13 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
 
     phase("vae")
     vae = os.path.join(out, "vae.safetensors")
-    if not os.path.exists(vae) and sc.vae_steps == 0:
+    if not os.path.exists(vae) and sc.vae_steps == 0:  # the shipped one, frozen (see SCALES)
         if not os.path.isfile(SHIPPED_VAE):
             raise FileNotFoundError(f"the {scale} scale starts from the shipped VAE, and {SHIPPED_VAE} is missing: "
                                     "restore it (git checkout miniature/) or run the full scale, which trains one")
         shutil.copyfile(SHIPPED_VAE, vae)
         log(f"vae: the shipped one, frozen ({os.path.relpath(SHIPPED_VAE, ROOT)})", fh)
-    elif not os.path.exists(vae):
+    if not os.path.exists(vae):
         r = train_vae(vae, steps=sc.vae_steps, batch=16, size=IMAGE, seed=0, eval_n=32)
         log(f"vae mse {r['history'][0][1]:.5f} -> {r['history'][-1][1]:.5f}", fh)
     done("vae")
@@ -260,8 +260,9 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
 
 def ship_files(files: dict, result: dict) -> None:
     """Copy the final files into ``miniature/`` (a ComfyUI ``models`` layout)."""
-    layout = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}
-    for k, sub in layout.items():
+    from training.miniature_eval import MODEL_LAYOUT
+
+    for k, sub in MODEL_LAYOUT.items():
         dst = os.path.join(SHIP_DIR, "models", sub, os.path.basename(files[k]))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if os.path.isdir(files[k]):

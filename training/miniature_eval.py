@@ -43,6 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_SEED = 987_654
 T2I = ("single", "colours", "two", "counting", "position", "attribution")
 RECON_R = (0.0, 0.5, 1.0)
+# the miniature's files in a ComfyUI ``models`` folder: file key → subfolder
+MODEL_LAYOUT = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}
 
 
 def t2i_cases(rng: random.Random, n: int) -> list[tuple[str, str, dict]]:
@@ -151,16 +153,28 @@ def cases(n: int, seed: int = EVAL_SEED) -> list[Case]:
     return out
 
 
-def _scores(results: dict, colour_hits: list) -> dict:
-    s = score(results)
-    s["colour_hit"] = sum(colour_hits) / max(1, len(colour_hits))
-    t2i = [s[c] for c in T2I]
-    s["summary"] = {
-        "t2i_overall": sum(t2i) / len(t2i),
-        "reconstruct_by_r": {f"{r:g}": s[f"reconstruct_r{r:g}"] for r in RECON_R},
-        "edit": s["edit"], "fusion": s["fusion"], "overall": s["overall"],
-    }
-    return s
+class _Tally:
+    """Pass/fail per category, and whether each "colours" image shows the stated colour."""
+
+    def __init__(self):
+        self.results: dict[str, list[bool]] = {}
+        self.colour_hits: list[bool] = []
+
+    def add(self, case: Case, dets) -> None:
+        self.results.setdefault(case.category, []).append(case.judge(dets))
+        if case.colour:  # the stated colour is there at all
+            self.colour_hits.append(any(d.colour == case.colour for d in dets))
+
+    def scores(self) -> dict:
+        s = score(self.results)
+        s["colour_hit"] = sum(self.colour_hits) / max(1, len(self.colour_hits))
+        t2i = [s[c] for c in T2I]
+        s["summary"] = {
+            "t2i_overall": sum(t2i) / len(t2i),
+            "reconstruct_by_r": {f"{r:g}": s[f"reconstruct_r{r:g}"] for r in RECON_R},
+            "edit": s["edit"], "fusion": s["fusion"], "overall": s["overall"],
+        }
+        return s
 
 
 def chance(n: int = 24, draws: int = 20, size: int = 64, seed: int = EVAL_SEED) -> dict:
@@ -168,16 +182,12 @@ def chance(n: int = 24, draws: int = 20, size: int = 64, seed: int = EVAL_SEED) 
     item, ``draws`` random scenes of the shapes world (the training distribution),
     rendered and judged by the same detector and checks. What a model must beat."""
     rng = random.Random(seed + 1)
-    results: dict[str, list[bool]] = {}
-    colour_hits: list[bool] = []
+    tally = _Tally()
     items = cases(n, seed)
     for case in items:
         for _ in range(draws):
-            dets = detect(render(random_scene(rng), size))
-            results.setdefault(case.category, []).append(case.judge(dets))
-            if case.colour:
-                colour_hits.append(any(d.colour == case.colour for d in dets))
-    s = _scores(results, colour_hits)
+            tally.add(case, detect(render(random_scene(rng), size)))
+    s = tally.scores()
     s["summary"]["images"] = len(items) * draws
     return s
 
@@ -189,8 +199,7 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     host = server_harness()
     workdir = os.path.abspath(workdir)
     models = os.path.join(workdir, "models")
-    layout = {"dit": "diffusion_models", "vae": "vae", "adapter": "dream_engine", "lora": "loras", "lmm": "LLM"}
-    for k, sub in layout.items():
+    for k, sub in MODEL_LAYOUT.items():
         dst = os.path.join(models, sub, os.path.basename(files[k]))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if not os.path.lexists(dst):
@@ -198,8 +207,7 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     host.prepare_base_dir(workdir, models)
     inp_dir = os.path.join(workdir, "input")
     names = {k: os.path.basename(v) for k, v in files.items()}
-    results: dict[str, list[bool]] = {}
-    colour_hits: list[bool] = []
+    tally = _Tally()
     prof = {"unet_name": names["dit"], "vae_name": names["vae"], "lmm": names["lmm"], "adapter": names["adapter"],
             "size": size, "image_short_side": short_side, "steps": steps, "cfg": cfg}
     server = host.ComfyServer(workdir).start()
@@ -219,15 +227,13 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
             if err:
                 raise RuntimeError(f"ComfyUI failed on {case.workflow} with {case.text!r}: {json.dumps(err)[:2000]}")
             img = Image.open(server.output_images(entry)[0]).convert("RGB")
-            dets = detect(img)
-            results.setdefault(case.category, []).append(case.judge(dets))
-            if case.colour:  # the stated colour is there at all
-                colour_hits.append(any(d.colour == case.colour for d in dets))
-            if case.category == "fusion" and len(results["fusion"]) <= 4:
-                img.save(os.path.join(workdir, f"fusion_{len(results['fusion'])}.png"))
+            tally.add(case, detect(img))
+            k = len(tally.results.get("fusion", ()))
+            if case.category == "fusion" and k <= 4:
+                img.save(os.path.join(workdir, f"fusion_{k}.png"))
     finally:
         server.stop()
-    s = _scores(results, colour_hits)
+    s = tally.scores()
     s["summary"].update(images=len(items), seconds=round(time.time() - t0, 1), sampler_steps=steps, cfg=cfg)
     s["chance"] = chance(n, size=size, seed=seed)
     log(f"ShapesEval: {json.dumps(s['summary'])}; chance overall {s['chance']['overall']:.3f}")
