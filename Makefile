@@ -21,7 +21,7 @@ bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 miniature: setup
-	$(PY) -m training.miniature $(MINIATURE_ARGS)
+	$(PY) -m miniature.pipeline $(MINIATURE_ARGS)
 
 clean:
 	rm -rf .venv build .pytest_cache

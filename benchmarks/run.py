@@ -76,11 +76,11 @@ class Bench:
         if "models" in self.results:
             return self.results["models"]
         t = time.perf_counter()
-        cmd = [PY, "-m", "benchmarks.models", self.size] + (["--clip"] if self.size == "full" else [])
+        cmd = [PY, "-m", "model_builders.full_size", self.size] + (["--clip"] if self.size == "full" else [])
         p = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"building the models failed:\n{p.stderr[-3000:]}")
-        from .models import BUILD
+        from model_builders.full_size import BUILD
 
         de = {"lmm_folder": os.path.join(BUILD, self.size, "Qwen2-VL-2B-random" if self.size == "full"
                                          else "Qwen2-VL-tiny"),

@@ -267,7 +267,7 @@ def case_de_scaling(args: dict) -> dict:
 
 # ---------------------------------------------------------------- ComfyUI TripleCLIP
 def _load_tripleclip(paths: list):
-    from training.host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
     import comfy.sd
@@ -325,7 +325,7 @@ def case_cold_de(args: dict) -> dict:
 def case_cold_clip(args: dict) -> dict:
     from .prompts import PROMPT_20
 
-    from training.host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
     import comfy.sd  # noqa: F401
@@ -348,9 +348,9 @@ def case_server_cache(args: dict) -> dict:
     import re
     import uuid
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.join(root, "tests"))
-    import host  # tests/host.py: the server harness
+    import comfy_host as host
+
+    root = host.ROOT
 
     base = host.prepare_base_dir(os.path.join(root, "build", "bench", "server"))
     srv = host.ComfyServer(base).start()
@@ -387,7 +387,7 @@ def case_server_cache(args: dict) -> dict:
                 "encode_node_s": float(times[-1]) if times else None,
                 "conditioning_node_cached_on_requeue": cond in cached, "cached_nodes": cached,
                 "first_prompt_s": first, "requeue_prompt_s": second, "server_rss": srv.rss_bytes(),
-                "models": "small same-architecture models (tests/host.py); the count, not the speed, is the figure"}
+                "models": "small same-architecture models (comfy_host.base_dir); the count, not the speed, is the figure"}
     finally:
         srv.stop()
 
@@ -400,10 +400,10 @@ def case_trainer(args: dict) -> dict:
     import csv
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from training.host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
-    from training.tiny_run import build_tiny_training_set
+    from model_builders.training_set import build_tiny_training_set
     from training.train import Trainer, TrainConfig
 
     quick = args.get("quick", False)

@@ -68,7 +68,7 @@ def check_lmm_folder(folder: str) -> None:
         if pickles:
             missing.append("model.safetensors (found only pickled weights " + ", ".join(pickles) +
                            ", which are never opened: convert them to safetensors, e.g. with "
-                           "`python -m training.convert_official`)")
+                           "`python -m tools.convert_official`)")
         else:
             missing.append("model.safetensors or model.safetensors.index.json with its shards")
     if missing:

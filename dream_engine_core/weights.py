@@ -18,7 +18,7 @@ from .adapter import Adapter, AdapterSpec
 
 FORMAT_NAME = "dream_engine.adapter"
 FORMAT_VERSION = "1"
-CONVERT_HINT = ("convert it with `python -m training.convert_official` (the release) "
+CONVERT_HINT = ("convert it with `python -m tools.convert_official` (the release) "
                 "or re-export it with the pack's trainers")
 
 

@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from training.host import server_harness  # noqa: E402  (needs ROOT on sys.path)
+import comfy_host as host  # noqa: E402  (needs ROOT on sys.path)
 
 
 MINIATURE = os.path.join(ROOT, "miniature")
@@ -70,7 +70,6 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
 
-    host = server_harness()
     t0 = time.time()
     base = os.path.abspath(args.workdir)
     if args.models_dir and not os.path.isdir(args.models_dir):
@@ -87,29 +86,12 @@ def main(argv=None) -> int:
         host.prepare_base_dir(base, args.models_dir)
     prompt = host.load_api(args.workflow)
     if mini:
-        prompt = host.profile_from(prompt, mini)
+        prompt = host.apply_profile(prompt, mini)
     elif not args.models_dir:
         prompt = host.small_model_profile(prompt, size=args.size)
-    for node in prompt.values():
-        ct, inp = node["class_type"], node["inputs"]
-        if ct == "UNETLoader" and args.unet:
-            inp["unet_name"] = args.unet
-        if ct == "VAELoader" and args.vae:
-            inp["vae_name"] = args.vae
-        if ct == "LoadDreamEngine":
-            if args.lmm:
-                inp["lmm"] = args.lmm
-            if args.adapter:
-                inp["adapter"] = args.adapter
-        if ct == "DreamEngineInterleavedConditioning" and args.prompt is not None:
-            inp["prompt"] = args.prompt
-        if ct == "KSampler":
-            if args.seed is not None:
-                inp["seed"] = args.seed
-            if args.steps:
-                inp["steps"] = args.steps
-        if ct == "EmptySD3LatentImage" and args.size:
-            inp["width"] = inp["height"] = args.size
+    prompt = host.configure(prompt, unet_name=args.unet or None, vae_name=args.vae or None, lmm=args.lmm or None,
+                            adapter=args.adapter or None, text=args.prompt, seed=args.seed,
+                            steps=args.steps or None, size=args.size or None)
 
     server = host.ComfyServer(base, port=args.port, cpu=not args.gpu)
     print(f"[demo] starting ComfyUI on {server.url} (log: {server.log_path})")

@@ -5,7 +5,7 @@ picture (``docs/miniature_demo.png``).
     python scripts/render_thumbnails.py            # needs the shipped miniature (make miniature --ship)
 
 Every picture is made by the real ComfyUI server from ``workflows/api/<name>.json``
-with only widget values changed (``training.miniature_eval.set_widgets``): the
+with only widget values changed (``comfy_host.workflows.configure``): the
 miniature's files and settings, a shapes-world prompt, shapes-world input images.
 A thumbnail shows the inputs, then the output, each scaled up (nearest neighbour)
 from the miniature's 64 px.
@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from training.shapes_world import Obj, Scene, render  # noqa: E402
+from miniature.shapes_world import Obj, Scene, render  # noqa: E402
 
 CELL = 128
 
@@ -68,15 +68,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from scripts.demo import MINIATURE, miniature_profile
-    from training.host import server_harness
-    from training.miniature_eval import set_widgets
+    import comfy_host as host
 
     prof = miniature_profile()
     if prof is None:
-        print("no shipped miniature (miniature/profile.json); run: python -m training.miniature --ship",
+        print("no shipped miniature (miniature/profile.json); run: python -m miniature.pipeline --ship",
               file=sys.stderr)
         return 2
-    host = server_harness()
     base = os.path.abspath(args.workdir)
     host.prepare_base_dir(base, os.path.join(MINIATURE, "models"))
     server = host.ComfyServer(base).start()
@@ -88,9 +86,10 @@ def main(argv=None) -> int:
                 files.append(f"thumb_{wf[:-5]}_{k}.png")
                 im.save(os.path.join(base, "input", files[-1]))
             if text is None:  # exactly what `make demo` queues
-                p = host.profile_from(host.load_api(wf), prof)
+                p = host.apply_profile(host.load_api(wf), prof)
             else:
-                p = set_widgets(host.load_api(wf), prof, text, files, names, ratios, seed)
+                p = host.apply_profile(host.load_api(wf), prof, text=text, dtype="fp32", images=files,
+                                       segment_names=names, ratios=ratios, seed=seed)
             entry = server.run(p, timeout=600)
             err = host.execution_error(entry)
             if err:

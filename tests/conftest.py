@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dream_engine_core  # noqa: F401
-from dream_engine_core.testing import LMMSize, build_tiny_adapter, build_tiny_qwen2vl
+from model_builders.qwen2vl import LMMSize, build_tiny_adapter, build_tiny_qwen2vl
 
 TINY = LMMSize()
 
@@ -36,7 +36,7 @@ def engine(tiny_lmm_dir, tiny_adapter_path):
 @pytest.fixture(scope="session")
 def comfy():
     """The real ComfyUI host imported in-process (CPU)."""
-    from training.host import import_comfy
+    from comfy_host.importer import import_comfy
 
     return import_comfy()
 

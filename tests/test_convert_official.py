@@ -39,9 +39,9 @@ def _diffusers_dit(comfy_sd: dict, depth: int) -> dict:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory, comfy):
     from dream_engine_core.adapter import Adapter, AdapterSpec
-    from dream_engine_core.testing import LMMSize, build_tiny_qwen2vl
+    from model_builders.qwen2vl import LMMSize, build_tiny_qwen2vl
     from safetensors.torch import load_file
-    from training.tiny_models import mmdit_state_dict
+    from model_builders.comfy_formats import mmdit_state_dict
 
     root = tmp_path_factory.mktemp("official")
     lmm_dir = build_tiny_qwen2vl(str(root / "stock-Qwen2-VL"), LMMSize(), seed=3)
@@ -101,7 +101,7 @@ def test_convert_gives_same_conditioning_and_dit_output(fake, tmp_path, capsys):
 
     from dream_engine_core.encoder import LMMEncoder
     from dream_engine_core.engine import DreamEngine
-    from training.convert_official import convert
+    from tools.convert_official import convert
     from training.dit import merge_diffusers_lora
 
     out = tmp_path / "models"
@@ -169,7 +169,7 @@ def test_convert_gives_same_conditioning_and_dit_output(fake, tmp_path, capsys):
 
 
 def test_unknown_key_fails_loudly_and_writes_nothing(fake, tmp_path):
-    from training.convert_official import ConversionError, convert
+    from tools.convert_official import ConversionError, convert
 
     rel = tmp_path / "release"
     rel.mkdir()
@@ -182,7 +182,7 @@ def test_unknown_key_fails_loudly_and_writes_nothing(fake, tmp_path):
         convert(str(rel), str(tmp_path / "out"), fake["lmm"], progress=False, print_table=False)
     assert not (tmp_path / "out").exists()
     # the same through the command line: exit status 2, the key named, no traceback
-    r = subprocess.run([sys.executable, "-m", "training.convert_official", str(rel), "--out-dir",
+    r = subprocess.run([sys.executable, "-m", "tools.convert_official", str(rel), "--out-dir",
                         str(tmp_path / "out2"), "--lmm-base", fake["lmm"], "--no-progress"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "text_encoders.clip_l.weight" in r.stderr and "Traceback" not in r.stderr
@@ -193,12 +193,12 @@ def test_pickles_are_opened_only_by_the_converter():
     import re
 
     hits = []
-    for base in ("dream_engine_core", "training", "nodes"):
+    for base in ("dream_engine_core", "training", "nodes", "tools", "miniature", "model_builders", "comfy_host"):
         for dp, _, files in os.walk(os.path.join(ROOT, base)):
             for fn in files:
                 if fn.endswith(".py"):
                     src = open(os.path.join(dp, fn), encoding="utf-8").read()
                     for m in re.finditer(r"torch\.load\(([^)]*)\)", src):
                         hits.append((os.path.relpath(os.path.join(dp, fn), ROOT), m.group(1)))
-    assert hits and all(f == os.path.join("training", "convert_official.py") and "weights_only=True" in a
+    assert hits and all(f == os.path.join("tools", "convert_official.py") and "weights_only=True" in a
                         for f, a in hits), hits

@@ -12,7 +12,7 @@ from dream_engine_core.encoder import (ImageInputError, LMMEncoder, LMMFolderErr
                                        resize_short_side)
 from dream_engine_core.engine import DreamEngine, EncodeOptions
 from dream_engine_core.prompt import ImageRef, PromptError, build_task_inputs
-from dream_engine_core.testing import build_tiny_adapter
+from model_builders.qwen2vl import build_tiny_adapter
 from dream_engine_core.weights import WeightsError, load_adapter
 
 

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def comfy_nodes_module():
     """ComfyUI's own top-level ``nodes.py`` (not the pack's ``nodes/`` package)."""
-    from training.host import comfyui_path
+    from comfy_host.importer import comfyui_path
 
     path = os.path.join(comfyui_path(), "nodes.py")
     mod = sys.modules.get("nodes")
@@ -41,7 +41,7 @@ def run(tmp_path_factory, comfy):
     """A tiny stage-2 run exported into a ComfyUI models folder."""
     import folder_paths
 
-    from training.tiny_run import build_tiny_training_set
+    from model_builders.training_set import build_tiny_training_set
     from training.train import TrainConfig, Trainer
 
     models = tmp_path_factory.mktemp("export_models")

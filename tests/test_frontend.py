@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-import host
+import comfy_host as host
 
 CHROMIUM = os.environ.get("DREAM_ENGINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -18,7 +18,7 @@ SHIPPED = os.path.join(ROOT, "miniature")
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory, comfy):
-    from training.miniature import run
+    from miniature.pipeline import run
 
     return run(str(tmp_path_factory.mktemp("miniature")), "ci")
 
@@ -93,15 +93,15 @@ def test_shipped_miniature_renders_its_demo_prompt(tmp_path):
     shows what the prompt says (ShapesEval's check), and the README shows that picture."""
     from PIL import Image
 
-    from host import ComfyServer, load_api, prepare_base_dir, profile_from
-    from training.shapes_eval import check_caption, detect
+    from comfy_host import ComfyServer, apply_profile, load_api, prepare_base_dir
+    from miniature.shapes_eval import check_caption, detect
 
     with open(os.path.join(SHIPPED, "profile.json")) as f:
         prof = json.load(f)
     base = prepare_base_dir(str(tmp_path / "base"), os.path.join(SHIPPED, "models"))
     server = ComfyServer(base).start()
     try:
-        entry = server.run(profile_from(load_api("1_text_to_image.json"), prof), timeout=600)
+        entry = server.run(apply_profile(load_api("1_text_to_image.json"), prof), timeout=600)
         img = Image.open(server.output_images(entry)[0]).convert("RGB")
     finally:
         server.stop()

@@ -20,7 +20,7 @@ LMM, DIRECT, STANDARD = "tiny-Qwen2-VL", "tiny_direct_map.safetensors", "tiny_st
 @pytest.fixture(scope="module")
 def models(pack, tmp_path_factory):
     import folder_paths
-    from training.tiny_models import build_demo_models
+    from model_builders.comfy_formats import build_demo_models
 
     d = str(tmp_path_factory.mktemp("models"))
     build_demo_models(d)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-import host
+import comfy_host as host
 
 NODE_INPUTS = {
     "LoadDreamEngine": ["model", "lmm", "adapter", "dtype", "device"],
@@ -111,7 +111,7 @@ def test_ratio_out_of_range(server):
 
 
 def _build_adapter(server, name, **kw):
-    from dream_engine_core.testing import build_tiny_adapter
+    from model_builders.qwen2vl import build_tiny_adapter
 
     path = os.path.join(server.base_dir, "models", "dream_engine", name)
     if not os.path.exists(path):

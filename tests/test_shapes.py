@@ -4,8 +4,8 @@ import json
 import os
 import random
 
-from training.shapes_eval import check_caption, detect, same_scene, validate
-from training.shapes_world import Obj, Scene, random_scene, render, write_dataset
+from miniature.shapes_eval import check_caption, detect, same_scene, validate
+from miniature.shapes_world import Obj, Scene, random_scene, render, write_dataset
 
 
 def _digest(folder):
@@ -56,7 +56,7 @@ def test_scenes_do_not_overlap():
 
 def test_text_to_image_captions_follow_the_mix_and_the_picture():
     """Captions are drawn by kind (T2I_MIX), and each one is true of the scene it comes with."""
-    from training.shapes_world import T2I_MIX, t2i_sample
+    from miniature.shapes_world import T2I_MIX, t2i_sample
 
     rng = random.Random(11)
     n = 3000
@@ -77,7 +77,7 @@ def test_text_to_image_captions_follow_the_mix_and_the_picture():
 def test_lmm_content_labels_name_what_each_vision_token_covers():
     import torch
 
-    from training.lmm_pretrain import _CONTENT, _content_labels
+    from miniature.lmm_pretrain import _CONTENT, _content_labels
 
     s = Scene((Obj("circle", "red", "large", 0.25, 0.25), Obj("square", "blue", "small", 0.75, 0.75)))
     lab = _content_labels(s, torch.tensor([1, 8, 8]), 2)  # 4×4 merged tokens, row-major

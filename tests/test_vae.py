@@ -5,7 +5,7 @@ import torch
 
 
 def test_short_vae_run_learns_and_loads_in_comfy(comfy, tmp_path):
-    from training.vae import SD3_SCALE, SD3_SHIFT, shapes_batch, train_vae
+    from miniature.vae import SD3_SCALE, SD3_SHIFT, shapes_batch, train_vae
     import comfy.sd
     import comfy.utils
     import comfy.latent_formats

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-import host
+import comfy_host as host
 
 WORKFLOWS = host.workflow_files()
 
@@ -71,7 +71,7 @@ def test_workflow_runs(server, ui_path):
 
 def test_lora_workflow_runs(server):
     """LoraLoaderModelOnly between Load Dream Engine and the sampler (stage-2 LoRA)."""
-    from training.tiny_models import build_tiny_dit_lora
+    from model_builders.comfy_formats import build_tiny_dit_lora
 
     lora = os.path.join(server.base_dir, "models", "loras", "dream_engine_tiny_lora.safetensors")
     if not os.path.exists(lora):

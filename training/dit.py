@@ -53,7 +53,7 @@ _PARTS = ("to_q", "to_k", "to_v")
 # ---------------------------------------------------------------- loading
 def load_dit(path: str, dtype: torch.dtype = torch.float32):
     """``(ModelPatcher, MMDiT module)`` of an SD3/SD3.5 diffusion-model file, via ComfyUI."""
-    from .host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
     import comfy.sd
@@ -71,7 +71,7 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32):
 
 def load_vae(path: str):
     """ComfyUI's VAE (``comfy.sd.VAE``) and the SD3 latent format."""
-    from .host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
     import comfy.sd

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapter import Adapter, AdapterSpec
-from .weights import save_adapter
+from dream_engine_core.adapter import Adapter, AdapterSpec
+from dream_engine_core.weights import save_adapter
 
 # Qwen2-VL's special tokens in the order of the real vocabulary (151643 ...).
 QWEN2VL_SPECIAL_TOKENS = [

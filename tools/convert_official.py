@@ -6,7 +6,7 @@ safetensors shards are read too). Pickles are opened **only here**, with
 ``torch.load(weights_only=True, mmap=True)`` — no code is executed and tensors are
 memory-mapped, so memory stays bounded (one output tensor at a time).
 
-    python -m training.convert_official RELEASE_DIR --lmm-base models/LLM/Qwen2-VL-2B-Instruct \\
+    python -m tools.convert_official RELEASE_DIR --lmm-base models/LLM/Qwen2-VL-2B-Instruct \\
         --out-dir ComfyUI/models [--dtype bf16] [--name dream_engine]
 
 writes
@@ -322,7 +322,7 @@ def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_eng
     adapter = Adapter(spec)
     adapter.load_state_dict(sd)
     save_adapter(paths["adapter"], adapter, {"source": "official Dream Engine release (converted)",
-                                             "converter": "training.convert_official"})
+                                             "converter": "tools.convert_official"})
     written["adapter"] = paths["adapter"]
     # DiT and LMM, streamed
     for part, path in (("dit", paths["dit"]), ("lmm", os.path.join(paths["lmm"], "model.safetensors"))):
@@ -380,7 +380,7 @@ def _st_dtype(s: str) -> torch.dtype:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m training.convert_official", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.convert_official", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("release", help="the release folder (index + shards), its *.index.json, or one weights file")
     ap.add_argument("--out-dir", required=True, help="a ComfyUI models folder (dream_engine/, diffusion_models/, LLM/)")

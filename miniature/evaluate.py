@@ -5,7 +5,7 @@ from the shipped API workflows (``workflows/api``) with only their widget values
 changed (file names, prompt, seed, size, steps, images, names, blend ratios):
 
 =====================  ===============================  ============================================
-category               workflow                         check (``training.shapes_eval``)
+category               workflow                         check (``miniature.shapes_eval``)
 =====================  ===============================  ============================================
 single object          1_text_to_image                  the shape is present
 colours                1_text_to_image                  the shape is present in the stated colour
@@ -35,7 +35,8 @@ from typing import Callable
 
 from PIL import Image
 
-from .host import server_harness
+import comfy_host as host
+
 from .shapes_eval import check_caption, check_edit, detect, same_scene, score
 from .shapes_world import COLOURS, NUMBERS, SHAPES, edit_pair, fuse_pair, random_scene, relation, render
 
@@ -78,34 +79,6 @@ def _two(rng):
     while b[1] == a[1] or b[0] == a[0]:
         b = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
     return a, b
-
-
-def set_widgets(prompt: dict, prof: dict, text: str, image_names=(), seg_names=(), ratios=(), seed: int = 0) -> dict:
-    """A copy of a shipped API workflow with only its widget values changed: the model
-    files, size, steps and CFG of ``prof`` (the miniature's profile, applied by the test
-    harness's ``profile_from``), the prompt text (of every conditioning node), fp32 for
-    the LMM, the input images, the segments' names and blend ratios (in node order), the
-    seed."""
-    p = server_harness().profile_from(prompt, {**prof, "prompt": text})
-    li = si = bi = 0
-    for nid in sorted(p, key=int):
-        ct, i = p[nid]["class_type"], p[nid]["inputs"]
-        if ct == "LoadDreamEngine":
-            i["dtype"] = "fp32"
-        elif ct == "DreamEngineInterleavedConditioning":
-            i["prompt"] = text
-        elif ct == "KSampler":
-            i["seed"] = seed
-        elif ct == "LoadImage":
-            i["image"] = image_names[li]
-            li += 1
-        elif ct == "DreamEngineImageSegment":
-            i["name"] = seg_names[si] if si < len(seg_names) else ""
-            si += 1
-        elif ct == "DreamEngineBlendRatio":
-            i["ratio"] = ratios[bi] if bi < len(ratios) else 0.0
-            bi += 1
-    return p
 
 
 def judge_t2i(dets, check) -> bool:
@@ -196,7 +169,6 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
              cfg: float = 3.5, log=print, seed: int = EVAL_SEED) -> dict:
     """Render and score; returns per-category accuracy, the summary, the counts, and
     ``chance``: the same categories for a prompt-blind generator (:func:`chance`)."""
-    host = server_harness()
     workdir = os.path.abspath(workdir)
     models = os.path.join(workdir, "models")
     for k, sub in MODEL_LAYOUT.items():
@@ -220,8 +192,8 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
                 fn = f"eval_{count:05d}_{k}.png"
                 render(sc, size).save(os.path.join(inp_dir, fn))
                 img_names.append(fn)
-            p = set_widgets(host.load_api(case.workflow), prof, case.text, img_names, case.seg_names, case.ratios,
-                            count)
+            p = host.apply_profile(host.load_api(case.workflow), prof, text=case.text, dtype="fp32",
+                                   images=img_names, segment_names=case.seg_names, ratios=case.ratios, seed=count)
             entry = server.run(p, timeout=600)
             err = host.execution_error(entry)
             if err:

@@ -1,17 +1,17 @@
 """`make miniature`: a Dream Engine small enough to train on a 2-core CPU, from scratch.
 
-    python -m training.miniature                      # the full run (~1 hour on 2 cores)
-    python -m training.miniature --scale ci           # the shortened run CI uses (minutes)
-    python -m training.miniature --ship               # also copy the files into miniature/ (the embedded default)
+    python -m miniature.pipeline                      # the full run (~1 hour on 2 cores)
+    python -m miniature.pipeline --scale ci           # the shortened run CI uses (minutes)
+    python -m miniature.pipeline --ship               # also copy the files into miniature/ (the embedded default)
 
 Every part is the project's own code path, at miniature scale:
 
-1. **data** — the shapes world (``training.shapes_world``): 64-px images, captions and
+1. **data** — the shapes world (``miniature.shapes_world``): 64-px images, captions and
    records for the four tasks, deterministic from the seed;
-2. **VAE** — ComfyUI's 16-channel TAESD trained on shapes (``training.vae``);
+2. **VAE** — ComfyUI's 16-channel TAESD trained on shapes (``miniature.vae``);
 3. **LMM** — a small Qwen2-VL built by the core's builder (its tokenizer has one token per
    word of the shapes vocabulary), pretrained for a few minutes on grounded captioning of
-   the shapes world (``training.lmm_pretrain``, standing in for Qwen2-VL's own
+   the shapes world (``miniature.lmm_pretrain``, standing in for Qwen2-VL's own
    pretraining), then frozen for everything after, as in the paper;
 4. **pretraining** — an SD3.5-format MMDiT (ComfyUI's class) trained from scratch,
    fully, together with a direct-map adapter on text→image and reconstruction, standing
@@ -23,7 +23,7 @@ Every part is the project's own code path, at miniature scale:
 7. **export** — the DiT with the stage-2 LoRA merged (what the release ships) and, beside
    it, the LoRA and adapter files the trainers export;
 8. **ShapesEval** — generated images rendered through ComfyUI's sampler on the real host
-   (the shipped workflows' node graph), scored per category (``training.miniature_eval``).
+   (the shipped workflows' node graph), scored per category (``miniature.evaluate``).
 
 Logs go to ``OUT/miniature.log`` and each trainer's ``log.csv``; scores to
 ``OUT/scores.json``.
@@ -91,7 +91,7 @@ def log(msg: str, fh=None):
 
 
 def lmm_size():
-    from dream_engine_core.testing import LMMSize
+    from model_builders.qwen2vl import LMMSize
 
     return LMMSize(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, mrope_section=(4, 6, 6), vision_embed_dim=64, vision_depth=2,
@@ -114,20 +114,20 @@ def trainer_cfg(out, manifest, lmm, dit, vae, sc: Scale, **kw):
 
 
 def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = False) -> dict:
-    from training.host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
     import torch
 
-    from dream_engine_core.testing import build_tiny_qwen2vl
+    from model_builders.qwen2vl import build_tiny_qwen2vl
     from dream_engine_core.weights import atomic_save, read_metadata
     from safetensors.torch import load_file
 
     from training import dit as DT
-    from training.shapes_world import write_dataset
-    from training.tiny_models import build_tiny_sd35
+    from miniature.shapes_world import write_dataset
+    from model_builders.comfy_formats import build_tiny_sd35
     from training.train import Trainer
-    from training.vae import train_vae
+    from miniature.vae import train_vae
 
     sc = SCALES[scale]
     out = os.path.abspath(out)
@@ -173,7 +173,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     phase("lmm")
     lmm = os.path.join(out, "Qwen2-VL-miniature")
     if not os.path.exists(os.path.join(lmm, "model.safetensors")):
-        from training.lmm_pretrain import pretrain_lmm
+        from miniature.lmm_pretrain import pretrain_lmm
 
         random_lmm = os.path.join(out, "Qwen2-VL-miniature-random")
         build_tiny_qwen2vl(random_lmm, lmm_size(), seed=0, words=VOCAB, embed_std=LMM_EMBED_STD)
@@ -241,7 +241,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     scores = {}
     if not skip_eval:
         phase("eval")
-        from training.miniature_eval import evaluate
+        from miniature.evaluate import evaluate
 
         scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
                           short_side=LMM_SHORT_SIDE, log=lambda m: log(m, fh))
@@ -260,7 +260,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
 
 def ship_files(files: dict, result: dict) -> None:
     """Copy the final files into ``miniature/`` (a ComfyUI ``models`` layout)."""
-    from training.miniature_eval import MODEL_LAYOUT
+    from miniature.evaluate import MODEL_LAYOUT
 
     for k, sub in MODEL_LAYOUT.items():
         dst = os.path.join(SHIP_DIR, "models", sub, os.path.basename(files[k]))

@@ -7,15 +7,16 @@ miniature ships. Each file is written in the format ComfyUI's own loaders detect
   ``MMDiT`` class with ``depth`` blocks (hidden ``64·depth``), 16 latent channels and
   RMS qk-norm, as SD3.5-Large;
 * a 16-channel TAESD-format VAE (``VAELoader``), detected by its ``taesd_*`` keys;
-* a small Qwen2-VL folder and an adapter (from ``dream_engine_core.testing``).
+* a small Qwen2-VL folder and an adapter (from ``model_builders.qwen2vl``).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
-from dream_engine_core.testing import LMMSize, build_tiny_adapter, build_tiny_qwen2vl
+from model_builders.qwen2vl import LMMSize, build_tiny_adapter, build_tiny_qwen2vl
 from dream_engine_core.weights import atomic_save
 
 # Widths of the small DiT's own (standard-map) text conditioning, standing in for
@@ -61,10 +62,34 @@ def build_tiny_sd35(path: str, depth: int = 2, seed: int = 0, **kw) -> str:
     return path
 
 
+def _init(module: torch.nn.Module, seed: int) -> None:
+    """ComfyUI builds TAESD without weight initialisation; initialise it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    m.bias.zero_()
+        # each residual block starts as its skip path, so the deep stack trains stably
+        from comfy.taesd.taesd import Block
+        for m in module.modules():
+            if isinstance(m, Block):
+                m.conv[-1].weight.mul_(0.1)
+
+
+def new_taesd(seed: int = 0):
+    """ComfyUI's own 16-channel TAESD (``comfy.taesd.taesd.TAESD``), initialised."""
+    from comfy.taesd.taesd import TAESD
+
+    vae = TAESD(latent_channels=16)
+    _init(vae, seed)
+    return vae
+
+
 def taesd_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """An untrained 16-channel TAESD with initialised weights (ComfyUI builds it without)."""
-    from .vae import new_taesd
-
     return {k: v.detach().clone() for k, v in new_taesd(seed).state_dict().items()}
 
 

@@ -1,22 +1,15 @@
-"""The real ComfyUI server with this pack, for tests and ``make demo``.
+"""The real ComfyUI server with this pack loaded from ``custom_nodes``.
 
-* :func:`prepare_base_dir` lays out a ComfyUI base directory: ``models/`` with the
-  small same-architecture models (or a user's models directory), ``custom_nodes/``
-  with this repository linked in as ``comfyui-dream-engine``, and example images in
-  ``input/``.
-* :class:`ComfyServer` starts ``main.py`` (through ``scripts/run_comfyui.py``) on
-  loopback, queues prompts through the HTTP API and waits for their history.
-* :func:`small_model_profile` turns a shipped API workflow into one that runs on the
-  small models (their file names, 384 px).
-* :func:`get_server` is one shared server per test session (started on first use,
-  stopped at exit).
+* :class:`ComfyServer` starts ComfyUI's ``main.py`` (through ``scripts/run_comfyui.py``)
+  on loopback, queues prompts through the HTTP API and waits for their history.
+* :func:`get_server` is one shared server per process (started on first use in a base
+  directory laid out by :func:`comfy_host.base_dir.prepare_base_dir`, stopped at exit).
 
-Nothing here imports the pack; the server loads it from ``custom_nodes``.
+Nothing here imports the pack; the server loads it itself.
 """
 from __future__ import annotations
 
 import atexit
-import copy
 import json
 import os
 import shutil
@@ -30,82 +23,9 @@ import urllib.error
 import urllib.request
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .base_dir import ROOT, prepare_base_dir
+
 PY = sys.executable
-PACK_NAME = "comfyui-dream-engine"
-WORKFLOWS = os.path.join(ROOT, "workflows")
-EXAMPLE_IMAGES = ("dream_engine_example_1.png", "dream_engine_example_2.png")
-
-# File names the small model set uses (training.tiny_models.build_demo_models).
-SMALL = {
-    "unet_name": "dream_engine_tiny_sd35.safetensors",
-    "vae_name": "dream_engine_tiny_taesd3.safetensors",
-    "lmm": "tiny-Qwen2-VL",
-    "adapter": "tiny_direct_map.safetensors",
-    "adapter_standard": "tiny_standard_map.safetensors",
-    "size": 256,  # the small DiT's position embedding covers up to 768 px
-}
-
-
-def write_example_images(input_dir: str) -> list[str]:
-    """Two small deterministic pictures (a red disc on grey, a blue square on cream)."""
-    from PIL import Image, ImageDraw
-
-    os.makedirs(input_dir, exist_ok=True)
-    out = []
-    for name, bg, fg, shape in ((EXAMPLE_IMAGES[0], (200, 200, 200), (220, 40, 40), "disc"),
-                                (EXAMPLE_IMAGES[1], (245, 235, 210), (40, 80, 220), "square")):
-        p = os.path.join(input_dir, name)
-        if not os.path.exists(p):
-            im = Image.new("RGB", (96, 80), bg)
-            d = ImageDraw.Draw(im)
-            if shape == "disc":
-                d.ellipse((24, 16, 72, 64), fill=fg)
-            else:
-                d.rectangle((28, 20, 68, 60), fill=fg)
-            im.save(p)
-        out.append(p)
-    return out
-
-
-def build_small_models(models_dir: str) -> dict:
-    """Build (or find) the small model set in ``models_dir`` (needs ComfyUI importable)."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    from training.host import import_comfy
-    from training.tiny_models import build_demo_models
-
-    import_comfy()
-    return build_demo_models(models_dir)
-
-
-def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
-    """Lay out a ComfyUI base directory; ``models_dir``: use these models instead of
-    building the small set (linked in as ``base/models``)."""
-    os.makedirs(base, exist_ok=True)
-    custom = os.path.join(base, "custom_nodes")
-    os.makedirs(custom, exist_ok=True)
-    link = os.path.join(custom, PACK_NAME)
-    if not os.path.lexists(link):
-        os.symlink(ROOT, link)
-    models = os.path.join(base, "models")
-    if models_dir is not None:
-        models_dir = os.path.abspath(models_dir)
-        if os.path.islink(models) and os.readlink(models) != models_dir:
-            os.unlink(models)
-        elif os.path.isdir(models) and not os.path.islink(models) and os.path.realpath(models) != os.path.realpath(models_dir):
-            # the small models an earlier run built here: keep them beside, link the requested set
-            os.replace(models, models + ".small")
-        if not os.path.lexists(models):
-            os.symlink(models_dir, models)
-    else:
-        if os.path.islink(models):  # never build into a linked models folder (e.g. the shipped miniature)
-            os.unlink(models)
-        if os.path.isdir(models + ".small") and not os.path.lexists(models):
-            os.replace(models + ".small", models)
-        build_small_models(models)
-    write_example_images(os.path.join(base, "input"))
-    return base
 
 
 def _die_with_parent():
@@ -267,64 +187,6 @@ def status_messages(entry: dict, kind: str) -> list[dict]:
 def execution_error(entry: dict) -> dict | None:
     errs = status_messages(entry, "execution_error")
     return errs[0] if errs else None
-
-
-# ----------------------------------------------------------------- workflows
-def workflow_files() -> list[str]:
-    """The shipped UI-format workflows (``workflows/*.json``)."""
-    return sorted(os.path.join(WORKFLOWS, f) for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
-
-
-def api_twin(ui_path: str) -> str:
-    return os.path.join(WORKFLOWS, "api", os.path.basename(ui_path))
-
-
-def load_api(name_or_path: str) -> dict:
-    p = name_or_path if os.path.isabs(name_or_path) else os.path.join(WORKFLOWS, "api", name_or_path)
-    with open(p) as f:
-        return json.load(f)
-
-
-def _with_models(prompt: dict, unet: str, vae: str, lmm: str, adapter: str, size: int) -> dict:
-    """A copy of an API workflow loading these files, at this image size."""
-    p = copy.deepcopy(prompt)
-    for node in p.values():
-        ct, inp = node["class_type"], node["inputs"]
-        if ct == "UNETLoader":
-            inp["unet_name"] = unet
-        elif ct == "VAELoader":
-            inp["vae_name"] = vae
-        elif ct == "LoadDreamEngine":
-            inp["lmm"], inp["adapter"] = lmm, adapter
-        elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
-            inp["width"] = inp["height"] = size
-    return p
-
-
-def small_model_profile(prompt: dict, adapter: str | None = None, size: int | None = None) -> dict:
-    """A copy of an API workflow set up for the small models: their file names and a
-    resolution their position embedding covers. Nothing else changes."""
-    return _with_models(prompt, SMALL["unet_name"], SMALL["vae_name"], SMALL["lmm"], adapter or SMALL["adapter"],
-                        size or SMALL["size"])
-
-
-def profile_from(prompt: dict, prof: dict) -> dict:
-    """A copy of an API workflow set up for a model set described by ``prof`` (the
-    miniature's ``profile.json``: file names, size, image_short_side, steps, cfg, prompt)."""
-    p = _with_models(prompt, prof["unet_name"], prof["vae_name"], prof["lmm"], prof["adapter"], prof["size"])
-    for node in p.values():
-        ct, inp = node["class_type"], node["inputs"]
-        if ct == "DreamEngineInterleavedConditioning":
-            inp["image_short_side"] = prof["image_short_side"]
-            if inp.get("task") == "generate":
-                inp["prompt"] = prof["prompt"]
-        elif ct == "KSampler":
-            inp["steps"], inp["cfg"] = prof["steps"], prof["cfg"]
-    return p
-
-
-def nodes_of(prompt: dict, class_type: str) -> list[str]:
-    return [k for k, v in prompt.items() if v["class_type"] == class_type]
 
 
 # ----------------------------------------------------------------- shared server

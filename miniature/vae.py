@@ -10,7 +10,7 @@ so they stay inside the decoder's input clamp (``tanh(x/3)·3``). After training
 (``(z − 0.0609)·1.5305``) turns encoded shapes-world images into latents of
 zero mean and unit variance — what the DiT's noise schedule assumes.
 
-    python -m training.vae --out build/miniature/vae.safetensors --steps 1500
+    python -m miniature.vae --out build/miniature/vae.safetensors --steps 1500
 """
 from __future__ import annotations
 
@@ -22,34 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model_builders.comfy_formats import new_taesd
+
 from .shapes_world import random_scene, render
 
 SD3_SCALE, SD3_SHIFT = 1.5305, 0.0609
-
-
-def _init(module: torch.nn.Module, seed: int) -> None:
-    """ComfyUI builds TAESD without weight initialisation; initialise it."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
-                if m.bias is not None:
-                    m.bias.zero_()
-        # each residual block starts as its skip path, so the deep stack trains stably
-        from comfy.taesd.taesd import Block
-        for m in module.modules():
-            if isinstance(m, Block):
-                m.conv[-1].weight.mul_(0.1)
-
-
-def new_taesd(seed: int = 0):
-    from comfy.taesd.taesd import TAESD
-
-    vae = TAESD(latent_channels=16)
-    _init(vae, seed)
-    return vae
 
 
 def shapes_batch(rng: random.Random, n: int, size: int) -> torch.Tensor:
@@ -61,7 +38,7 @@ def shapes_batch(rng: random.Random, n: int, size: int) -> torch.Tensor:
 def train_vae(out: str, steps: int = 1500, batch: int = 16, size: int = 64, lr: float = 1e-3, seed: int = 0,
               latent_weight: float = 1e-3, log_every: int = 100, progress: bool = True, crop: int = 32,
               bf16: bool = True, eval_n: int = 64) -> dict:
-    from .host import import_comfy
+    from comfy_host.importer import import_comfy
     from tqdm import tqdm
 
     from dream_engine_core.weights import atomic_save

@@ -1,7 +1,7 @@
 """Random-weight models at full size (or tiny, for the smoke test), in the real file formats.
 
 * Dream Engine: an HF-format Qwen2-VL folder (config, tokenizer, processor config from
-  :func:`dream_engine_core.testing.build_tiny_qwen2vl` with ``weights=False``) plus the
+  :func:`model_builders.qwen2vl.build_tiny_qwen2vl` with ``weights=False``) plus the
   weights of ``Qwen2VLForConditionalGeneration`` written as safetensors, and a direct-map
   adapter file. Both load through ``DreamEngine.load`` — the same path as the release.
 * SD3.5's TripleCLIP: ComfyUI's own ``SD3ClipModel`` is instantiated on the meta
@@ -83,7 +83,7 @@ def _stamp(p: str, key: str) -> None:
 
 
 def sizes(size: str):
-    from dream_engine_core.testing import QWEN2VL_2B, LMMSize
+    from model_builders.qwen2vl import QWEN2VL_2B, LMMSize
 
     if size == "full":
         return QWEN2VL_2B, dict(hidden_dim=4096, token_dim=2432, pooled_dim=2432)
@@ -96,9 +96,9 @@ def build_dream_engine(size: str = "full", log=print) -> dict:
     """The LMM folder and the adapter file; returns their paths."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from dream_engine_core.testing import build_tiny_adapter, build_tiny_qwen2vl
+    from model_builders.qwen2vl import build_tiny_adapter, build_tiny_qwen2vl
 
-    from .prompts import WORDS
+    from benchmarks.prompts import WORDS
 
     lmm_size, ad = sizes(size)
     full = size == "full"
@@ -148,7 +148,7 @@ def build_dream_engine(size: str = "full", log=print) -> dict:
 
 def tripleclip_shapes(size: str = "full") -> dict[str, dict[str, tuple]]:
     """Keys and shapes of ComfyUI's CLIP-L, CLIP-G and T5-XXL as its SD3 loader expects."""
-    from training.host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
     import comfy.text_encoders.sd3_clip as sd3
@@ -180,7 +180,7 @@ def build_tripleclip(size: str = "full", log=print) -> dict:
     return out
 
 
-if __name__ == "__main__":  # python -m benchmarks.models [full|tiny] [--clip]
+if __name__ == "__main__":  # python -m model_builders.full_size [full|tiny] [--clip]
     import sys
 
     import dream_engine_core  # noqa: F401

@@ -1,4 +1,4 @@
-"""Import the real ComfyUI host in-process (trainers, tests, benchmarks).
+"""Import the real ComfyUI host in-process (trainers, tests, benchmarks, model builders).
 
 ComfyUI is not an installable package: its folder must be on ``sys.path``. The
 folder is found from ``$COMFYUI_PATH``, else the copy ``scripts/setup_env.sh``
@@ -7,8 +7,6 @@ when no accelerator is present, as ComfyUI's own ``main.py`` would parse it.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import os
 import sys
 
@@ -45,13 +43,3 @@ def import_comfy(cpu: bool | None = None):
     finally:
         sys.argv = argv
     return mm
-
-
-@functools.lru_cache(maxsize=None)
-def server_harness():
-    """The real-server harness ``tests/host.py`` (ComfyServer, base-dir layout, API
-    workflows), loaded once by file path: ``tests/`` is not a package."""
-    spec = importlib.util.spec_from_file_location("dream_engine_host", os.path.join(ROOT, "tests", "host.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod

@@ -1,7 +1,7 @@
 """A complete tiny training setup (tests, docs quick-start): SD3.5-format DiT,
 16-channel VAE, small Qwen2-VL and a shapes-world manifest covering all four tasks.
 
-    python -m training.tiny_run build/tiny_train     # then see docs/training.md
+    python -m model_builders.training_set build/tiny_train     # then see docs/training.md
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import sys
 def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, seed: int = 0,
                             image_size: int = 32) -> dict[str, str]:
     """Write (or keep) the files and return their paths: dit, vae, lmm, manifest."""
-    from .host import import_comfy
+    from comfy_host.importer import import_comfy
 
     import_comfy()
-    from .shapes_world import write_dataset
-    from .tiny_models import build_core_models
+    from miniature.shapes_world import write_dataset
+    from .comfy_formats import build_core_models
 
     paths = {
         "dit": os.path.join(folder, "dit.safetensors"),

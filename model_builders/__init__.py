@@ -1,0 +1,13 @@
+"""Random-weight models in the real file formats, for tests, benchmarks, the demo's
+small model set and the miniature's starting point. Each loads through the same path
+as the real model:
+
+* :mod:`.qwen2vl` — Qwen2-VL folders (config, tokenizer, processor config,
+  safetensors) of any size, and adapters;
+* :mod:`.comfy_formats` — an SD3.5-format MMDiT, a 16-channel TAESD VAE and a DiT LoRA
+  that ComfyUI's own loaders detect, and the small model set of ``make demo``;
+* :mod:`.full_size` — full-size models written one tensor at a time (benchmarks);
+* :mod:`.training_set` — a complete tiny training set (models and a manifest).
+
+Nothing is downloaded.
+"""
