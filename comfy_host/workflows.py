@@ -22,6 +22,7 @@ WORKFLOWS = os.path.join(ROOT, "workflows")
 # File names the small model set uses (model_builders.comfy_formats.build_demo_models).
 SMALL = {
     "unet_name": "dream_engine_tiny_sd35.safetensors",
+    "lora_name": "dream_engine_tiny_lora.safetensors",
     "vae_name": "dream_engine_tiny_taesd3.safetensors",
     "lmm": "tiny-Qwen2-VL",
     "adapter": "tiny_direct_map.safetensors",
@@ -49,7 +50,7 @@ def nodes_of(prompt: dict, class_type: str) -> list[str]:
     return [k for k, v in prompt.items() if v["class_type"] == class_type]
 
 
-def configure(prompt: dict, *, unet_name=None, vae_name=None, lmm=None, adapter=None, size=None, steps=None,
+def configure(prompt: dict, *, unet_name=None, lora_name=None, lora_strength=None, vae_name=None, lmm=None, adapter=None, size=None, steps=None,
               cfg=None, seed=None, text=None, generate_text=None, image_short_side=None, dtype=None,
               images=None, segment_names=None, ratios=None) -> dict:
     """A copy of an API workflow with these widget values; ``None`` leaves a value as
@@ -63,6 +64,11 @@ def configure(prompt: dict, *, unet_name=None, vae_name=None, lmm=None, adapter=
         ct, inp = p[nid]["class_type"], p[nid]["inputs"]
         if ct == "UNETLoader" and unet_name is not None:
             inp["unet_name"] = unet_name
+        elif ct == "LoraLoaderModelOnly":
+            if lora_name is not None:
+                inp["lora_name"] = lora_name
+            if lora_strength is not None:
+                inp["strength_model"] = lora_strength
         elif ct == "VAELoader" and vae_name is not None:
             inp["vae_name"] = vae_name
         elif ct == "LoadDreamEngine":
@@ -103,15 +109,16 @@ def configure(prompt: dict, *, unet_name=None, vae_name=None, lmm=None, adapter=
 def small_model_profile(prompt: dict, adapter: str | None = None, size: int | None = None) -> dict:
     """An API workflow set up for the small models: their file names and a resolution
     their position embedding covers. Nothing else changes."""
-    return configure(prompt, unet_name=SMALL["unet_name"], vae_name=SMALL["vae_name"], lmm=SMALL["lmm"],
+    return configure(prompt, unet_name=SMALL["unet_name"], lora_name=SMALL["lora_name"], vae_name=SMALL["vae_name"],
+                     lmm=SMALL["lmm"],
                      adapter=adapter or SMALL["adapter"], size=size or SMALL["size"])
 
 
 def apply_profile(prompt: dict, prof: dict, **overrides) -> dict:
     """An API workflow set up for the model set ``prof`` describes (the miniature's
-    ``profile.json``: file names, size, image_short_side, steps, cfg and the prompt of
+    ``profile.json``: file names (DiT, its LoRA, VAE, LMM, adapter), size, image_short_side, steps, cfg and the prompt of
     ``generate`` nodes); ``overrides`` are further :func:`configure` values."""
-    values = dict(unet_name=prof["unet_name"], vae_name=prof["vae_name"], lmm=prof["lmm"], adapter=prof["adapter"],
+    values = dict(unet_name=prof["unet_name"], lora_name=prof["lora"], vae_name=prof["vae_name"], lmm=prof["lmm"], adapter=prof["adapter"],
                   size=prof["size"], image_short_side=prof["image_short_side"], steps=prof["steps"],
                   cfg=prof["cfg"], generate_text=prof.get("prompt"))
     values.update(overrides)

@@ -180,7 +180,7 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     inp_dir = os.path.join(workdir, "input")
     names = {k: os.path.basename(v) for k, v in files.items()}
     tally = _Tally()
-    prof = {"unet_name": names["dit"], "vae_name": names["vae"], "lmm": names["lmm"], "adapter": names["adapter"],
+    prof = {"unet_name": names["dit"], "lora": names["lora"], "vae_name": names["vae"], "lmm": names["lmm"], "adapter": names["adapter"],
             "size": size, "image_short_side": short_side, "steps": steps, "cfg": cfg}
     server = host.ComfyServer(workdir).start()
     t0 = time.time()

@@ -123,7 +123,6 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     from dream_engine_core.weights import atomic_save, read_metadata
     from safetensors.torch import load_file
 
-    from training import dit as DT
     from miniature.shapes_world import write_dataset
     from model_builders.comfy_formats import build_tiny_sd35
     from training.train import Trainer
@@ -218,7 +217,6 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     final = os.path.join(out, "final")
     os.makedirs(final, exist_ok=True)
     base_sd = load_file(os.path.join(pre, "dit.safetensors"))
-    merged = DT.merge_diffusers_lora(base_sd, load_file(os.path.join(s2, "lora.safetensors")), sc.depth)
     files = {
         "dit": os.path.join(final, "dream_engine_miniature_dit.safetensors"),
         "vae": os.path.join(final, "dream_engine_miniature_taesd.safetensors"),
@@ -227,8 +225,11 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
         "lmm": os.path.join(final, "Qwen2-VL-miniature"),
     }
     info = {"miniature": json.dumps({"scale": scale, **asdict(sc)})}
-    atomic_save({k: v.to(torch.bfloat16) for k, v in merged.items()}, files["dit"],
-                {**info, "content": "pretrained DiT with the stage-2 LoRA merged"})
+    # shipped as users run the release: the base DiT, and the stage-2 LoRA applied by
+    # LoraLoaderModelOnly in the workflows (never merged, so it is never applied twice)
+    atomic_save({k: v.to(torch.bfloat16) for k, v in base_sd.items()}, files["dit"],
+                {**info, "content": "pretrained DiT (base of stage 2); the stage-2 LoRA ships separately in "
+                                    "loras/ and is applied by LoraLoaderModelOnly"})
     atomic_save({k: v.to(torch.float16) if v.ndim else v for k, v in load_file(vae).items()}, files["vae"],
                 {**read_metadata(vae), **info})
     shutil.copyfile(os.path.join(s2, "adapter.safetensors"), files["adapter"])

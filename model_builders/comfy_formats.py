@@ -111,17 +111,22 @@ def build_core_models(paths: dict, depth: int = 2, seed: int = 0) -> None:
 def build_demo_models(models_dir: str, depth: int = 2, seed: int = 0) -> dict[str, str]:
     """Write a complete small model set into a ComfyUI ``models`` folder.
 
-    Layout: ``diffusion_models/``, ``vae/``, ``LLM/``, ``dream_engine/``. Returns the
+    Layout: ``diffusion_models/``, ``loras/`` (a LoRA of the DiT, as the release's DiT
+    difference ships), ``vae/``, ``LLM/``, ``dream_engine/``. Returns the
     file names as the loader nodes list them. Existing files are kept.
     """
     paths = {
         "dit": os.path.join(models_dir, "diffusion_models", "dream_engine_tiny_sd35.safetensors"),
+        "lora": os.path.join(models_dir, "loras", "dream_engine_tiny_lora.safetensors"),
         "vae": os.path.join(models_dir, "vae", "dream_engine_tiny_taesd3.safetensors"),
         "lmm": os.path.join(models_dir, "LLM", "tiny-Qwen2-VL"),
         "adapter": os.path.join(models_dir, "dream_engine", "tiny_direct_map.safetensors"),
         "adapter_standard": os.path.join(models_dir, "dream_engine", "tiny_standard_map.safetensors"),
     }
     build_core_models(paths, depth=depth, seed=seed)
+    if not os.path.exists(paths["lora"]):
+        os.makedirs(os.path.dirname(paths["lora"]), exist_ok=True)
+        build_tiny_dit_lora(paths["lora"], depth=depth, seed=seed)
     lmm_dim = LMMSize().hidden_size
     if not os.path.exists(paths["adapter"]):
         build_tiny_adapter(paths["adapter"], lmm_dim=lmm_dim, kind="direct", token_dim=64 * depth, seed=seed)

@@ -20,9 +20,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Real-model defaults (SD3.5 Large + the Dream Engine release).
-DIT = "dream_engine_sd35_large.safetensors"
+DIT = "sd3.5_large.safetensors"                      # the user's own stock SD3.5 Large
+LORA = "dream_engine_sd35_large_lora.safetensors"    # the release's DiT difference (converter)
 VAE = "sd3.5_vae.safetensors"
-LMM = "Qwen2-VL-2B-Instruct"
+LMM = "DreamEngine-Qwen2-VL-2B"                      # the release's LMM (LoRA merged; converter)
 ADAPTER = "dream_engine_direct_map.safetensors"
 SIZE = 1024
 STEPS = 28
@@ -33,6 +34,7 @@ SEED = 42
 NODE_DEFS = {
     "UNETLoader": ([], ["unet_name", "weight_dtype"], [("MODEL", "MODEL")]),
     "VAELoader": ([], ["vae_name"], [("VAE", "VAE")]),
+    "LoraLoaderModelOnly": ([("model", "MODEL")], ["lora_name", "strength_model"], [("MODEL", "MODEL")]),
     "LoadImage": ([], ["image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
     "EmptySD3LatentImage": ([], ["width", "height", "batch_size"], [("LATENT", "LATENT")]),
     "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -139,17 +141,19 @@ class Graph:
         return order
 
 
-MODELS_NOTE = (f"Models: {DIT} in models/diffusion_models, {VAE} in models/vae, the {LMM} folder in "
-               f"models/LLM, {ADAPTER} in models/dream_engine (see the pack's docs/nodes.md). "
+MODELS_NOTE = (f"Models: your SD3.5 Large {DIT} in models/diffusion_models, {LORA} in models/loras, "
+               f"{VAE} in models/vae, the {LMM} folder in models/LLM, {ADAPTER} in models/dream_engine "
+               f"(the converter writes the Dream Engine files; see the pack's README). "
                f"Connect the MODEL output of Load Dream Engine to the sampler.")
 
 
 def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"):
-    """Loaders → Load Dream Engine → conditioning → KSampler → VAEDecode; returns (cond, decode) ids."""
+    """Loaders → the release's DiT LoRA → Load Dream Engine → conditioning → KSampler → VAEDecode; returns (cond, decode) ids."""
     unet = g.add("UNETLoader", (20, 40), {"unet_name": DIT, "weight_dtype": "default"})
     vae = g.add("VAELoader", (20, 200), {"vae_name": VAE})
+    lora = g.add("LoraLoaderModelOnly", (20, -120), {"lora_name": LORA, "strength_model": 1.0}, model=(unet, 0))
     eng = g.add("LoadDreamEngine", (380, 40), {"lmm": LMM, "adapter": ADAPTER, "dtype": "default",
-                                               "device": "default"}, model=(unet, 0))
+                                               "device": "default"}, model=(lora, 0))
     links = {"dream_engine": (eng, 0)}
     if segments is not None:
         links["segments"] = segments
