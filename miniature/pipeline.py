@@ -78,7 +78,8 @@ SCALES = {
 
 IMAGE = 64
 DEMO_PROMPT = "a blue square left of a red circle"   # what `make demo` renders on the miniature
-LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is the word's
+LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is dominated
+                                # by the word itself rather than by the average of the words before it
 LMM_SHORT_SIDE = 112            # 64-px images → 8×8 patches → 16 merged vision tokens each
 
 
