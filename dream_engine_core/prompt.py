@@ -230,7 +230,8 @@ def build_task_inputs(prompt: str, refs: list[ImageRef], task: str = "generate",
     unnamed = [i for i, r in enumerate(refs) if not r.name]
     if unnamed:
         raise PromptError("fuse writes each image as '<name><image>': give " +
-                          ", ".join(f"[image {i + 1}]" for i in unnamed) + " a name (e.g. 'hat') on its image segment", "names")
+                          ", ".join(f"[image {i + 1}]" for i in unnamed) + " a name (e.g. 'hat') on its image segment",
+                          "names")
     if not has_text and not used:
         raise PromptError("the fuse caption is empty; write the image to generate from the objects")
     caption = "".join(refs[p].name if isinstance(p, int) else p for p in parts)

@@ -55,7 +55,8 @@ def test_stage_lowers_loss_on_fixed_set(tiny, tmp_path, stage):
     from training.train import Trainer
 
     tr = Trainer(_cfg(tiny, tmp_path / f"s{stage}", stage=stage, steps=16, lr=2e-3, random_crop=False,
-                      cfg_dropout={t: 0.0 for t in ("generate", "reconstruct", "edit", "fuse")})).setup()
+                      cfg_dropout={t: 0.0 for t in ("generate", "reconstruct", "edit", "fuse")},
+                      val_every=16 if stage == 1 else 0, val_steps=2)).setup()
     dit_before = {k: v.clone() for k, v in tr.module.dit.state_dict().items() if "lora_" not in k}
     before = tr.eval_loss()
     losses = tr.train()
@@ -72,6 +73,10 @@ def test_stage_lowers_loss_on_fixed_set(tiny, tmp_path, stage):
             assert torch.equal(v, dit_before[k]), k
     assert os.path.isfile(tmp_path / f"s{stage}" / "adapter.safetensors")
     assert os.path.isfile(tmp_path / f"s{stage}" / "lora.safetensors") == (stage == 2)
+    if stage == 1:  # --val-every: the render and the fixed-set loss of the last step
+        assert os.path.isfile(tmp_path / "s1" / "val" / "step-00000016.png")
+        with open(tmp_path / "s1" / "log.csv") as f:
+            assert abs(float(list(csv.DictReader(f))[-1]["val_loss"]) - after) < 1e-6
 
 
 # ---------------------------------------------------------------- resume after SIGKILL

@@ -55,6 +55,7 @@ from .config import TrainConfig, config_from_args
 from .export import export_run
 from .runlog import RunLog
 from .schedule import warmup_cosine, warmup_steps
+from .validate import save_render
 
 __all__ = ["TrainConfig", "Trainer", "main"]
 
@@ -239,7 +240,7 @@ class Trainer:
             inp = ti.uncond if (not fixed and u < self._drop_p(rec.task)) else ti.cond
             hidden = self._hidden(rec, it, inp, inp is ti.uncond)
             samples.append({"hidden": hidden, "x0": x0[k], "noise": noise.to(self.device),
-                            "sigma": sigma, "key": (it["epoch"], it["index"])})
+                            "sigma": sigma})
         groups = {}
         # FSDP: every rank must run the same number of DiT forwards (each gathers the
         # shards), so each sample is its own group; otherwise equal lengths are batched
@@ -301,30 +302,6 @@ class Trainer:
                 s, _ = self.module(groups)
             total += float(s)
         return total / n
-
-    @torch.no_grad()
-    def render(self, prompt: str, steps: int = 28, guidance: float = 3.5, seed: int = 0, shift: float = 3.0):
-        """Euler sampling of the flow with CFG (ComfyUI's SD3 schedule, shift 3) → image [1, H, W, 3]."""
-        enc = self.encoder
-        ti = build_task_inputs(prompt, [], "generate", style="inference")
-        prep = enc.prepare_images([])
-        conds = []
-        for inp in (ti.cond, ti.uncond):
-            h = enc.encode(inp, prep, positions=self.cfg.positions).hidden.float().clone()
-            conds.append(self.module.adapter(h, None, self.cfg.pooling))
-        lat = self.cfg.resolution // 8
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn((1, 16, lat, lat), generator=g).to(self.device)
-        ts = torch.linspace(1, 0, steps + 1)
-        sig = shift * ts / (1 + (shift - 1) * ts)
-        for i in range(steps):
-            s = sig[i].view(1).to(self.device)
-            with self.autocast():
-                vc = self.module.dit(x, DT.timestep(s), context=conds[0][0], y=conds[0][1]).float()
-                vu = self.module.dit(x, DT.timestep(s), context=conds[1][0], y=conds[1][1]).float()
-            v = vu + guidance * (vc - vu)
-            x = x + (sig[i + 1] - sig[i]).item() * v
-        return DT.decode_latents(self.vae, self.latent_format, x)
 
     # ------------------------------------------------------------ checkpoints
     def ckpt_dir(self):
@@ -402,7 +379,7 @@ class Trainer:
                    "samples_per_s": f"{c.batch / max(1e-9, time.time() - t0):.3f}", "val_loss": ""}
             if c.val_every and self.step % c.val_every == 0 and self.rank == 0 and c.parallel != "fsdp":
                 row["val_loss"] = f"{self.eval_loss():.8f}"
-                self._save_render()
+                save_render(self, os.path.join(c.out, "val", f"step-{self.step:08d}.png"))
             if self.rank == 0:
                 if self.step % c.log_every == 0 or row["val_loss"]:
                     log.write(row)
@@ -421,14 +398,6 @@ class Trainer:
             log.close()
             self.export(params=params)
         return losses
-
-    def _save_render(self):
-        from PIL import Image
-
-        img = self.render(self.cfg.val_prompt, self.cfg.val_steps, self.cfg.val_guidance, seed=self.cfg.seed)
-        os.makedirs(os.path.join(self.cfg.out, "val"), exist_ok=True)
-        arr = (img[0].cpu().numpy() * 255).round().astype("uint8")
-        Image.fromarray(arr).save(os.path.join(self.cfg.out, "val", f"step-{self.step:08d}.png"))
 
     def trained_params(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         src = self.ema if (use_ema and self.ema is not None) else self.params
