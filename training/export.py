@@ -122,7 +122,10 @@ def main(argv=None):
     ap.add_argument("--name", default="dream_engine_trained")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights even if the run kept an EMA")
     a = ap.parse_args(argv)
-    params, state = read_checkpoint(a.checkpoint, use_ema=not a.no_ema)
+    try:
+        params, state = read_checkpoint(a.checkpoint, use_ema=not a.no_ema)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     if a.out_dir:
         a.adapter = a.adapter or os.path.join(a.out_dir, "dream_engine", f"{a.name}.safetensors")
         a.lora = a.lora or os.path.join(a.out_dir, "loras", f"{a.name}_lora.safetensors")
