@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dream_engine_core.prompt import ImageRef, PromptError, build_task_inputs, check_ratio
+from dream_engine_core.prompt import IMG, ImageRef, PromptError, build_task_inputs, check_ratio
 
 TASK_ALIASES = {"t2i": "generate", "generate": "generate", "reconstruct": "reconstruct",
                 "edit": "edit", "fuse": "fuse"}
@@ -171,6 +171,18 @@ def load_manifest(path: str, check_images: bool = True) -> list[Record]:
     if not records:
         raise ManifestError(path, [(0, "manifest", "holds no records")])
     return records
+
+
+def bucket_keys(records: list[Record], tokenizer) -> list:
+    """Per record: (text tokens, number of images) of its conditional input — records
+    with equal keys give the DiT equal context lengths (images of one size); ``--bucket``."""
+    keys = []
+    for rec in records:
+        inp = build_task_inputs(rec.prompt, rec.refs(0.0), rec.task, style="training").cond
+        n_text = sum(len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+                     for piece in inp.text.split(IMG) if piece)
+        keys.append((n_text, len(inp.images)))
+    return keys
 
 
 # ---------------------------------------------------------------- randomness

@@ -18,19 +18,14 @@
 * every random draw of a sample comes from a generator seeded by (seed, epoch,
   index): DDP with P processes × batch b equals 1 process × batch P·b, and a resumed
   run equals an uninterrupted one;
-* checkpoints (trainables, optimizer, scheduler, EMA, RNG, step → data position) are
-  ``torch.distributed.checkpoint`` folders written atomically, for DDP and FSDP alike
-  (``training/checkpoint.py``); ``--resume auto`` continues the latest;
-* logs to ``OUT/log.csv`` (and TensorBoard when installed); ``--val-every`` renders
-  the validation prompt to ``OUT/val/`` and logs the loss on a fixed set;
-* ``--cache`` keeps the frozen models' outputs per record (``training/cache.py``).
+* DDP or FSDP (``--parallel``); checkpoints are ``torch.distributed.checkpoint``
+  folders (``training/checkpoint.py``), ``--resume auto`` continues the latest;
+* at the end the adapter (``OUT/adapter.safetensors``) and, in stage 2, the LoRA
+  (``OUT/lora.safetensors``) are exported (``training/export.py``).
 
 Settings and flags: ``training/config.py``; data: ``training/data.py``; the DiT:
-``training/dit.py``; the exported files: ``training/export.py``.
-
-At the end the adapter (``OUT/adapter.safetensors``) and, in stage 2, the LoRA
-(``OUT/lora.safetensors``, diffusers SD3 keys, ComfyUI's ``LoraLoaderModelOnly``)
-are exported.
+``training/dit.py``; ``--cache``: ``training/cache.py``; logs: ``training/runlog.py``;
+``--val-every``: ``training/validate.py``.
 """
 from __future__ import annotations
 
@@ -44,7 +39,7 @@ from dataclasses import asdict
 import torch
 
 from dream_engine_core.adapter import Adapter, AdapterSpec
-from dream_engine_core.prompt import IMG, build_task_inputs
+from dream_engine_core.prompt import build_task_inputs
 from dream_engine_core.weights import load_adapter
 
 from . import checkpoint as ckpt
@@ -209,17 +204,6 @@ class Trainer:
         return self
 
     # ------------------------------------------------------------ samples
-    def bucket_keys(self) -> list:
-        """Per record: (text tokens, number of images) of its conditional input — records
-        with equal keys give the DiT equal context lengths (images of one size)."""
-        keys = []
-        for rec in self.records:
-            inp = build_task_inputs(rec.prompt, rec.refs(0.0), rec.task, style="training").cond
-            n_text = sum(len(self.encoder.tokenizer(piece, add_special_tokens=False)["input_ids"])
-                         for piece in inp.text.split(IMG) if piece)
-            keys.append((n_text, len(inp.images)))
-        return keys
-
     def _drop_p(self, task):
         return float(self.cfg.cfg_dropout.get(task, 0.0))
 
@@ -339,7 +323,7 @@ class Trainer:
                 json.dump(self.config_dict(), f, indent=2)
         loader, _ = D.make_loader(self.records, c.resolution, c.seed, c.batch, c.micro_batch, self.rank,
                                   self.world, self.step, self.steps, c.workers, c.shuffle, c.random_crop,
-                                  self.bucket_keys() if c.bucket else None)
+                                  D.bucket_keys(self.records, self.encoder.tokenizer) if c.bucket else None)
         from tqdm import tqdm
 
         bar = tqdm(total=self.steps, initial=self.step, desc=f"stage {c.stage}",
