@@ -190,10 +190,6 @@ def add_lora(dit, rank: int = 32, alpha: float | None = None, targets=DEFAULT_LO
     return names
 
 
-def lora_parameters(dit):
-    return {n: p for n, p in dit.named_parameters() if "lora_" in n}
-
-
 def _lora_layers(dit):
     from peft.tuners.lora import LoraLayer
 
@@ -236,7 +232,6 @@ def merge_diffusers_lora(base_sd: dict, lora_sd: dict, depth: int, strength: flo
     out = {k: v.clone().float() for k, v in base_sd.items()}
     hidden = 64 * depth
     inv = {v: k for k, v in _TO_DIFFUSERS.items()}
-    done = set()
     for key in lora_sd:
         m = re.fullmatch(r"transformer\.transformer_blocks\.(\d+)\.(.+)\.lora_A\.weight", key)
         if not m:
@@ -253,7 +248,6 @@ def merge_diffusers_lora(base_sd: dict, lora_sd: dict, depth: int, strength: flo
             out[k][j * hidden:(j + 1) * hidden] += delta
         else:
             out[f"joint_blocks.{m.group(1)}.{ours}.weight"] += delta
-        done.add(stem)
     return out
 
 
