@@ -87,6 +87,19 @@ def test_save_adapter_records_and_tool_stamps(tiny_lmm_dir, tiny_adapter_path, t
     assert r.returncode == 0 and "matches" in r.stdout
 
 
+def test_trainer_export_records_the_fingerprint(tiny_lmm_dir, tiny_adapter_path, tmp_path):
+    """training/export.py (also the trainer's own export) stamps the run's LMM."""
+    from dream_engine_core.fingerprint import lmm_fingerprint
+    from dream_engine_core.weights import load_adapter, read_metadata
+    from training.export import export_run
+
+    ad = load_adapter(tiny_adapter_path)
+    params = {"adapter." + k: v for k, v in ad.state_dict().items()}
+    cfg = {"adapter_spec": ad.spec.as_dict(), "stage": 1, "seed": 0, "manifest": "m.jsonl", "lmm": tiny_lmm_dir}
+    out = export_run(params, cfg, str(tmp_path / "a.safetensors"), None)
+    assert read_metadata(out["adapter"])["lmm_fingerprint"] == lmm_fingerprint(tiny_lmm_dir)
+
+
 @pytest.fixture(scope="module")
 def server():
     return host.get_server()
