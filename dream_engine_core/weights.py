@@ -151,12 +151,14 @@ class StreamingSafetensors:
 
 
 def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, alpha: float | None = None,
-               strength: float = 1.0) -> torch.Tensor:
+               strength: float = 1.0, scale: float | None = None) -> torch.Tensor:
     """``weight + strength · (alpha / r) · B @ A`` in fp32, returned in ``weight``'s dtype
     (``r`` = rows of A; ``alpha`` defaults to ``r``, as peft's and ComfyUI's LoRA do
-    without an alpha). The one LoRA merge of the pack (converter, trainers, tests)."""
-    r = lora_a.shape[0]
-    scale = strength * (float(alpha) if alpha is not None else r) / r
+    without an alpha; ``scale`` replaces ``strength · alpha / r``, e.g. peft's
+    ``scaling``). The one LoRA merge of the pack (converter, trainers, tests)."""
+    if scale is None:
+        r = lora_a.shape[0]
+        scale = strength * ((float(alpha) if alpha is not None else r) / r)
     return (weight.float() + scale * (lora_b.float() @ lora_a.float())).to(weight.dtype)
 
 
