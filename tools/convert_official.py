@@ -318,14 +318,14 @@ class StockBase:
     with or without the ``model.diffusion_model.`` prefix)."""
 
     def __init__(self, path: str):
-        from safetensors import safe_open
-
         if not os.path.isfile(path) or not _is_safetensors(path):
             raise ConversionError(f"--dit-base {path}: not a .safetensors file (give the stock "
                                   f"sd3.5_large.safetensors from models/diffusion_models or models/checkpoints)")
         self.path = path
-        self.f = safe_open(path, framework="pt")
-        keys = list(self.f.keys())
+        self.header = _st_header(path)
+        with open(path, "rb") as f:
+            self.data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+        keys = list(self.header)
         self.prefix = next((p for p in ("model.diffusion_model.", "diffusion_model.")
                             if any(k.startswith(p) for k in keys)), "")
         self.keys = {k[len(self.prefix):] for k in keys if k.startswith(self.prefix)}
@@ -333,8 +333,20 @@ class StockBase:
             raise ConversionError(f"--dit-base {path} is not an SD3.5 diffusion model in ComfyUI's single-file "
                                   f"layout (no joint_blocks.0.x_block.attn.qkv.weight)")
 
+    def shape(self, key: str) -> tuple:
+        return tuple(self.header[self.prefix + key]["shape"])
+
     def get(self, key: str) -> torch.Tensor:
-        return self.f.get_tensor(self.prefix + key)
+        """One tensor, read with a plain file read (not a memory map, whose touched pages would
+        stay resident for the whole run)."""
+        h = self.header[self.prefix + key]
+        start, end = h["data_offsets"]
+        buf = bytearray(end - start)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + start)
+            f.readinto(buf)
+        dt = _st_dtype(h["dtype"])
+        return torch.frombuffer(buf, dtype=dt).reshape(h["shape"]) if buf else torch.empty(h["shape"], dtype=dt)
 
 
 def _assemble(stock: torch.Tensor, parts: list[tuple[tuple | str, torch.Tensor]]) -> torch.Tensor:
@@ -371,7 +383,8 @@ def plan_lora_form(dit_outs: list, cmap: dict, base: StockBase, tensor) -> tuple
                                   f"is it SD3.5 Large?")
         groups.setdefault(ck, []).append((o, target))
     n_lora = n_diff = n_same = 0
-    for ck, members in sorted(groups.items()):
+    differing = []
+    for ck, members in groups.items():  # in the release's shard order
         stock = base.get(ck)
         unmerged = _assemble(stock, [(t, tensor(o.base)) for o, t in members])
         same = torch.equal(unmerged.to(stock.dtype), stock)
@@ -405,12 +418,16 @@ def plan_lora_form(dit_outs: list, cmap: dict, base: StockBase, tensor) -> tuple
             rows.append((o.base, f"dit: differs from the base → {x}.diff"))
             if o.kind == "merge":
                 rows += [(o.lora_a, f"dit: merged into {x}.diff"), (o.lora_b, f"dit: merged into {x}.diff")]
+        differing.append(ck)
         n_diff += 1
     if not entries:
         notes.append("the release's DiT equals the base: the LoRA file is empty (applying it changes nothing)")
     untouched = len(base.keys - set(groups))
     notes.append(f"DiT vs base: {n_lora} LoRA pairs, {n_diff} full differences, {n_same} release tensors equal "
                  f"to the base (not written), {untouched} base tensors the release does not hold (kept)")
+    if differing:
+        notes.append("DiT tensors that differ from the base (full differences): " + ", ".join(differing[:20])
+                     + (f" … ({len(differing)} in all)" if len(differing) > 20 else ""))
     if n_diff > max(8, len(groups) // 4):
         notes.append(f"warning: {n_diff} of {len(groups)} DiT tensors differ from {os.path.basename(base.path)}; "
                      f"is it the stock SD3.5 Large at full precision (bf16/fp16, not fp8 or another fine-tune)? "
@@ -426,7 +443,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def print_table(rows, shapes=None, out=sys.stdout):
+def show_table(rows, shapes=None, out=None):
+    out = out or sys.stdout
     rows = sorted(rows)
     width = min(80, max((len(k) for k, _ in rows), default=10))
     print(f"{'release key':<{width}}  destination", file=out)
@@ -440,10 +458,11 @@ def summary(rows) -> str:
                                             for p in ("adapter", "dit", "lmm", "unused"))
 
 
-def list_release(src: str, out=sys.stdout) -> int:
+def list_release(src: str, out=None) -> int:
     """The dry run: the table from the index (and safetensors shard headers) alone; no
     tensor is loaded. Returns the exit status: 0 all mapped and present, 2 a key is
     unmapped, 3 shards are missing."""
+    out = out or sys.stdout
     rel = locate(src, need_shards=False)
     outs, rows, unmapped = plan(list(rel.weights))
     shapes = {}
@@ -453,7 +472,7 @@ def list_release(src: str, out=sys.stdout) -> int:
                 shapes[k] = (v["shape"], v["dtype"])
     for line in describe_config(rel):
         print(line, file=out)
-    print_table(rows + [(k, "UNMAPPED: no rule maps this key") for k in unmapped], shapes, out)
+    show_table(rows + [(k, "UNMAPPED: no rule maps this key") for k in unmapped], shapes, out)
     print(summary(rows) + f", {len(unmapped)} unmapped", file=out)
     for line in groups_report(outs):
         print(line, file=out)
@@ -476,22 +495,21 @@ def groups_report(outs) -> list[str]:
              f"dit: {len(dit)} tensors, LoRA on {sum(o.kind == 'merge' for o in dit)} projections",
              f"lmm: {len(lmm)} tensors, LoRA on {sum(o.kind == 'merge' for o in lmm)} projections"]
     extra = [o.key for o in dit if o.key.startswith(("pos_embed.", "context_embedder."))]
-    lines.append("dit extras (pos_embed / context_embedder): " + (", ".join(sorted(extra)) or "none"))
+    lines.append("dit pos_embed / context_embedder tensors in the release: " + (", ".join(sorted(extra)) or "none")
+                 + " (with --dit-base, the ones that differ from it are listed above)")
     return lines
 
 
 def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_engine",
             dtype: str = "keep", lora_alpha: float | None = None, progress: bool = True,
-            print_table_: bool = True, dit_base: str | None = None, dit_form: str | None = None,
-            lmm_name: str = LMM_NAME, print_table: bool | None = None) -> dict[str, str]:
+            print_table: bool = True, dit_base: str | None = None, dit_form: str | None = None,
+            lmm_name: str = LMM_NAME) -> dict[str, str]:
     """Convert the release at ``src``. Returns the paths written (and ``peak_rss_mb``)."""
     from tqdm import tqdm
 
     from dream_engine_core.adapter import Adapter, AdapterSpec
     from dream_engine_core.weights import save_adapter
 
-    if print_table is not None:
-        print_table_ = print_table
     dit_form = dit_form or ("lora" if dit_base else "merged")
     if dit_form not in ("lora", "merged"):
         raise ConversionError(f"--dit-form must be 'lora' or 'merged', got {dit_form!r}")
@@ -588,7 +606,7 @@ def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_eng
             if where == "scalar":
                 planned.append((n, torch.float32, (), fn))
             elif where == "base":
-                planned.append((n, out_dtype or torch.float32, tuple(base.f.get_slice(base.prefix + key).get_shape()), fn))
+                planned.append((n, out_dtype or torch.float32, base.shape(key), fn))
             else:
                 planned.append((n, out_dt(meta[key][1]), meta[key][0], fn))
         bar.total = len(by_file["lmm"]) + len(planned) + 8
@@ -625,16 +643,20 @@ def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_eng
             f.write(f"{k}\t{d}\n")
     written["table"] = table
     written["peak_rss_mb"] = f"{_peak_rss_mb():.0f}"
-    if print_table_:
+    if print_table:
         for line in notes:
             print(line)
-        print_table(rows)
+        show_table(rows)
         print(summary(rows))
         for line in groups_report(outs):
             print(line)
         for p in ("adapter", "lmm", "dit", "dit_lora", "table"):
             if p in written:
                 print(f"{p}: {written[p]}")
+        from dream_engine_core.weights import read_metadata
+
+        md_a = read_metadata(paths["adapter"])
+        print(f"adapter's LMM fingerprint: {md_a['lmm_fingerprint']} ({md_a['lmm_folder']})")
         print(f"peak RSS: {written['peak_rss_mb']} MB")
     return written
 
