@@ -385,6 +385,33 @@ def test_list_reads_no_tensor_and_accepts_root_folder_or_index(demo_release, mon
     assert co.ShardReader.loads == before  # no shard was opened
 
 
+def test_safetensors_shards_list_with_shapes_and_convert(demo_release, stock, tmp_path, capsys):
+    """A release re-saved as safetensors shards: --list reads the shard headers (shapes,
+    dtypes), and the conversion gives the same LMM as from the pickles."""
+    from safetensors.torch import load_file, save_file
+
+    import tools.convert_official as co
+
+    combined = demo_release["combined"]
+    keys = sorted(combined)
+    rel = tmp_path / "st"
+    rel.mkdir()
+    wm = {}
+    for i in range(2):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: combined[k].contiguous() for k in keys[i::2]}, str(rel / name))
+        wm.update({k: name for k in keys[i::2]})
+    (rel / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    assert co.list_release(str(rel)) == 0
+    out = capsys.readouterr().out
+    assert "lmm: model.layers.0.self_attn.q_proj.weight (LoRA merged)  [64, 64] F32" in out
+    w = co.convert(str(rel), str(tmp_path / "out"), stock["lmm"], progress=False, print_table=False)
+    got = load_file(os.path.join(w["lmm"], "model.safetensors"))
+    w2 = co.convert(demo_release["release"], str(tmp_path / "out2"), stock["lmm"], progress=False, print_table=False)
+    want = load_file(os.path.join(w2["lmm"], "model.safetensors"))
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_list_cli_exit_status(demo_release, tmp_path):
     # the index alone (shards absent): the table is printed in full, and the missing shards are reported
     idx_only = tmp_path / "idx"
