@@ -35,7 +35,9 @@ writes, under ``--out-dir``:
     applies (strength 1.0) — the release's LoRA pairs with their ``alpha`` in diffusers
     SD3 keys (``transformer.transformer_blocks.N.attn.to_q.lora_A.weight`` …) and a
     ComfyUI full-difference key (``diffusion_model.KEY.diff``) for every other tensor
-    that differs from the base; nothing for tensors equal to it;
+    that differs from the base; nothing for tensors equal to it (compared at the base
+    file's precision). It uses ComfyUI's own diffusers ↔ MMDiT key map, so ComfyUI must
+    be importable: ``$COMFYUI_PATH``, or the ComfyUI this pack is installed in;
   * ``--dit-form merged`` (the default without ``--dit-base``):
     ``diffusion_models/dream_engine_sd35_large.safetensors``, the whole fine-tuned DiT
     in diffusers names with the LoRA merged (ComfyUI's "Load Diffusion Model" detects it);
