@@ -279,14 +279,13 @@ def test_lora_form_on_stock_samples_like_merged_dit(converted, stock, comfy):
     assert (float((b - s).abs().max()) > 1e-3) == changed  # the release changed the DiT (or left it stock)
 
 
+@pytest.mark.parametrize("converted", ["demo"], indirect=True)
 def test_merged_dit_equals_the_demo_model(converted, stock, comfy):
     """The merged DiT file, loaded by ComfyUI, computes what the demo's peft-wrapped DiT does."""
     import comfy.sd
 
     from training.dit import merge_diffusers_lora, mmdit_from_state_dict
 
-    if converted["name"] != "demo":
-        pytest.skip("checked on the demo layout")
     lora_sd = {}
     for m, (a, b) in converted["fake"]["loras"].items():
         if m.startswith("dit."):
@@ -302,6 +301,7 @@ def test_merged_dit_equals_the_demo_model(converted, stock, comfy):
     assert d < 1e-5, d
 
 
+@pytest.mark.parametrize("converted", ["demo"], indirect=True)
 def test_conditioning_equals_the_demo_model(converted, stock):
     """Converted LMM folder + adapter vs the stock LMM wrapped with peft LoRA (as the demo)."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -310,8 +310,6 @@ def test_conditioning_equals_the_demo_model(converted, stock):
     from dream_engine_core.encoder import LMMEncoder
     from dream_engine_core.engine import DreamEngine
 
-    if converted["name"] != "demo":
-        pytest.skip("checked on the demo layout")
     fake = converted["fake"]
     ref = LMMEncoder.from_folder(stock["lmm"])
     inject_adapter_in_model(LoraConfig(r=R, lora_alpha=R, target_modules=list(LMM_TARGETS)), ref.model)
