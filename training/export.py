@@ -1,6 +1,7 @@
 """Export a training run to the files ComfyUI loads.
 
-* adapter → ``dream_engine_core.weights.save_adapter`` (safetensors with the
+* adapter → ``dream_engine_core.weights.save_adapter`` (records the fingerprint of the
+  run's LMM folder when it is present; safetensors with the
   adapter metadata the pack's ``LoadDreamEngine`` node reads);
 * DiT LoRA → diffusers SD3 key form with alpha
   (``transformer.transformer_blocks.N.attn.to_q.lora_A.weight``, ``…lora_B.weight``,
@@ -101,7 +102,8 @@ def export_run(params: dict, cfg: dict, adapter_path: str | None, lora_path: str
             "seed": cfg["seed"], "manifest": os.path.basename(cfg["manifest"])}
     out = {}
     if adapter_path:
-        save_adapter(adapter_path, adapter_from_params(params, spec), {"training": info})
+        save_adapter(adapter_path, adapter_from_params(params, spec), {"training": info},
+                     lmm_folder=cfg["lmm"] if os.path.isdir(cfg.get("lmm") or "") else None)
         out["adapter"] = adapter_path
     if lora_path and any("lora_" in k for k in params):
         save_lora(lora_path, params, cfg["lora_rank"], cfg["lora_alpha"] or cfg["lora_rank"], {"training": info})

@@ -43,7 +43,7 @@ NODE_DEFS = {
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
     "ImageScaleBy": ([("image", "IMAGE")], ["upscale_method", "scale_by"], [("IMAGE", "IMAGE")]),
-    "LoadDreamEngine": ([("model", "MODEL")], ["lmm", "adapter", "dtype", "device"],
+    "LoadDreamEngine": ([("model", "MODEL")], ["lmm", "adapter", "dtype", "device", "fingerprint_check"],
                         [("DREAM_ENGINE", "DREAM_ENGINE"), ("MODEL", "MODEL")]),
     "DreamEngineInterleavedConditioning": (
         [("dream_engine", "DREAM_ENGINE"), ("segments", "DREAM_SEGMENTS")],
@@ -153,7 +153,7 @@ def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"
     vae = g.add("VAELoader", (20, 200), {"vae_name": VAE})
     lora = g.add("LoraLoaderModelOnly", (20, -120), {"lora_name": LORA, "strength_model": 1.0}, model=(unet, 0))
     eng = g.add("LoadDreamEngine", (380, 40), {"lmm": LMM, "adapter": ADAPTER, "dtype": "default",
-                                               "device": "default"}, model=(lora, 0))
+                                               "device": "default", "fingerprint_check": "enforce"}, model=(lora, 0))
     links = {"dream_engine": (eng, 0)}
     if segments is not None:
         links["segments"] = segments
