@@ -25,6 +25,8 @@ import re
 import torch
 from torch import nn
 
+from dream_engine_core.weights import check_safetensors
+
 # diffusers target name → (ComfyUI sub-module of a joint block, split part or None)
 DIFFUSERS_TARGETS = {
     "to_q": [("x_block.attn.qkv", "to_q"), ("x_block.attn2.qkv", "to_q")],
@@ -53,6 +55,7 @@ _PARTS = ("to_q", "to_k", "to_v")
 # ---------------------------------------------------------------- loading
 def load_dit(path: str, dtype: torch.dtype = torch.float32):
     """``(ModelPatcher, MMDiT module)`` of an SD3/SD3.5 diffusion-model file, via ComfyUI."""
+    check_safetensors(path)
     from comfy_host.importer import import_comfy
 
     import_comfy()
@@ -71,6 +74,7 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32):
 
 def load_vae(path: str):
     """ComfyUI's VAE (``comfy.sd.VAE``) and the SD3 latent format."""
+    check_safetensors(path)
     from comfy_host.importer import import_comfy
 
     import_comfy()

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 
 from dream_engine_core.adapter import Adapter, AdapterSpec
-from dream_engine_core.weights import atomic_save, save_adapter
+from dream_engine_core.weights import atomic_save, check_safetensors, save_adapter
 
 from .dit import _TO_DIFFUSERS
 
@@ -67,6 +67,7 @@ def adapter_from_params(params: dict[str, torch.Tensor], spec: AdapterSpec) -> A
 
 def full_dit_from_params(base_path: str, params: dict[str, torch.Tensor], out_path: str, extra: dict | None = None):
     """Base DiT file with the fully trained tensors replaced (ComfyUI MMDiT layout)."""
+    check_safetensors(base_path)
     with safe_open(base_path, framework="pt") as f:
         keys = list(f.keys())
         prefix = ""
@@ -89,6 +90,7 @@ def full_dit_from_params(base_path: str, params: dict[str, torch.Tensor], out_pa
 
 def read_checkpoint(path: str, use_ema: bool = True) -> tuple[dict, dict]:
     """``(params, state)`` from a trainer checkpoint (EMA weights when present and wanted)."""
+    check_safetensors(path, "export an earlier checkpoint of the run")
     with safe_open(path, framework="pt") as f:
         md = f.metadata() or {}
         if md.get("format") != "dream_engine.train_checkpoint":

@@ -46,7 +46,7 @@ from safetensors import safe_open
 
 from dream_engine_core.adapter import Adapter, AdapterSpec
 from dream_engine_core.prompt import IMG, build_task_inputs
-from dream_engine_core.weights import atomic_save, load_adapter
+from dream_engine_core.weights import atomic_save, check_safetensors, load_adapter
 
 from . import data as D
 from . import dit as DT
@@ -489,6 +489,7 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str):
+        check_safetensors(path, "resume from an earlier checkpoint (--resume PATH) or start afresh")
         with safe_open(path, framework="pt") as f:
             md = f.metadata() or {}
             if md.get("format") != CKPT_FORMAT:
