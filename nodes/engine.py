@@ -86,10 +86,12 @@ class LoadDreamEngine(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lmm):
-        # Only ``lmm``: ComfyUI attaches the message to every input named here. It replaces
-        # ComfyUI's "value not in list" for this input so that a missing or incomplete
-        # folder names the folder and the files expected (and no name leaves the LLM
-        # folders: lmm_folder_path). ``adapter`` keeps ComfyUI's own list check.
+        # Only ``lmm``: ComfyUI attaches the returned message to every input this function
+        # names. It replaces ComfyUI's "value not in list" for ``lmm`` so that a missing or
+        # incomplete folder names the folder and the files expected (and no name leaves the
+        # LLM folders: lmm_folder_path). ``adapter`` keeps ComfyUI's own list check on hosts
+        # that check V3 combo values; where the host does not (0.3.75), execute refuses it
+        # (adapter_path).
         try:
             check_lmm_folder(lmm_folder_path(lmm))
         except Exception as e:  # noqa: BLE001 - reported to the user as the validation message
