@@ -20,7 +20,9 @@ loaded (:func:`require_transformers`, called by ``LMMEncoder.from_folder``).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 import re
 import sys
 
@@ -82,6 +84,28 @@ def require_transformers() -> str:
         log.warning("Dream Engine was tested with transformers %d.%d to %d.%d; found %s, which may work "
                     "(report problems with this version)", *TRANSFORMERS_MIN, *TRANSFORMERS_TESTED_MAX, found)
     return found
+
+
+def load_processor(folder: str):
+    """The Qwen2-VL processor (tokenizer + image processor) from a local folder.
+
+    transformers 5 saves ``extra_special_tokens`` in ``tokenizer_config.json`` as a
+    list of token strings; 4.57 expects a name → token mapping there and fails on
+    the list. On 4.x that list is passed as ``additional_special_tokens`` (what 4.x
+    calls it; the tokens and their ids come from ``tokenizer.json`` either way).
+    """
+    from transformers import AutoProcessor
+
+    kw = {}
+    if parse_version(transformers_version() or "0")[0] < 5:
+        try:
+            with open(os.path.join(folder, "tokenizer_config.json")) as f:
+                extra = json.load(f).get("extra_special_tokens")
+        except (OSError, ValueError):
+            extra = None
+        if isinstance(extra, list):
+            kw = {"extra_special_tokens": {}, "additional_special_tokens": extra}
+    return AutoProcessor.from_pretrained(folder, local_files_only=True, **kw)
 
 
 def load_qwen2vl(folder: str, dtype: torch.dtype, attn_implementation: str = "sdpa"):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compat import image_size_kwargs, load_qwen2vl, require_transformers, rope_index, vision_merged
+from .compat import image_size_kwargs, load_processor, load_qwen2vl, require_transformers, rope_index, vision_merged
 from .prompt import IMG, ModelInput
 
 REQUIRED_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
@@ -166,10 +166,8 @@ class LMMEncoder:
     def from_folder(cls, folder: str, dtype: torch.dtype = torch.float32, device="cpu",
                     attn_implementation: str = "sdpa") -> "LMMEncoder":
         require_transformers()
-        from transformers import AutoProcessor
-
         check_lmm_folder(folder)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        processor = load_processor(folder)
         model = load_qwen2vl(folder, dtype, attn_implementation)
         model.to(device).eval().requires_grad_(False)
         return cls(model, processor, folder)
