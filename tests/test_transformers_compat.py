@@ -34,8 +34,12 @@ def test_installed_version_passes():
     assert require_transformers() == transformers.__version__
 
 
+def _installed():
+    return sys.modules["transformers"]  # the module require_transformers imports
+
+
 def test_too_old_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(transformers, "__version__", "4.50.3")
+    monkeypatch.setattr(_installed(), "__version__", "4.50.3")
     with pytest.raises(DependencyError) as e:
         require_transformers()
     msg = str(e.value)
@@ -44,7 +48,7 @@ def test_too_old_names_the_install_command(monkeypatch):
 
 
 def test_newer_than_tested_warns_once_and_loads(monkeypatch, caplog):
-    monkeypatch.setattr(transformers, "__version__", "6.1.0")
+    monkeypatch.setattr(_installed(), "__version__", "6.1.0")
     monkeypatch.setattr(compat, "_warned_untested", False)
     with caplog.at_level(logging.WARNING, logger="dream_engine"):
         assert require_transformers() == "6.1.0"
