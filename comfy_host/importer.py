@@ -25,7 +25,7 @@ def import_comfy(cpu: bool | None = None):
     """Make ``import comfy`` work and return the ``comfy.model_management`` module."""
     if "comfy.model_management" in sys.modules:
         return sys.modules["comfy.model_management"]
-    import dream_engine_core  # noqa: F401  (torchvision import fix, transformers check)
+    import dream_engine_core  # noqa: F401  (torchvision import fix)
     import torch
 
     path = comfyui_path()

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .compat import image_size_kwargs, load_processor, load_qwen2vl, require_transformers, rope_index, vision_merged
 from .errors import DreamEngineError
 from .prompt import IMG, ModelInput
 from .weights import check_lmm_weights
@@ -171,14 +172,11 @@ class LMMEncoder:
     @classmethod
     def from_folder(cls, folder: str, dtype: torch.dtype = torch.float32, device="cpu",
                     attn_implementation: str = "sdpa") -> "LMMEncoder":
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
-
+        require_transformers()
         check_lmm_folder(folder)
         check_lmm_weights(folder)  # every shard, before transformers opens it
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        model = Qwen2VLForConditionalGeneration.from_pretrained(
-            folder, local_files_only=True, dtype=dtype, use_safetensors=True,
-            attn_implementation=attn_implementation)
+        processor = load_processor(folder)
+        model = load_qwen2vl(folder, dtype, attn_implementation)
         model.to(device).eval().requires_grad_(False)
         return cls(model, processor, folder)
 
@@ -198,9 +196,8 @@ class LMMEncoder:
         if min_pixels <= 0 or max_pixels < min_pixels:
             raise ImageInputError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
         pil = [resize_short_side(to_pil(im), short_side) for im in images]
-        out = self.processor.image_processor(
-            images=pil, return_tensors="pt",
-            size={"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)})
+        out = self.processor.image_processor(images=pil, return_tensors="pt",
+                                             **image_size_kwargs(min_pixels, max_pixels))
         grid = out["image_grid_thw"]
         per = (grid.prod(-1) // self.merge ** 2).tolist()
         return PreparedImages(out["pixel_values"], grid, per)
@@ -214,7 +211,7 @@ class LMMEncoder:
             else:
                 visual = self.model.model.visual
                 px = prep.pixel_values.to(self.device, visual.dtype)
-                feats = visual(px, grid_thw=prep.grid_thw.to(self.device)).pooler_output
+                feats = vision_merged(visual, px, prep.grid_thw.to(self.device))
                 prep.features = list(torch.split(feats.to(self.dtype), prep.tokens_per_image))
         return prep.features
 
@@ -291,9 +288,7 @@ class LMMEncoder:
             pos = torch.arange(ids.shape[1], device=dev).view(1, 1, -1).expand(3, 1, -1)
         elif inp.images:
             grid = torch.stack([prep.grid_thw[i] for i in inp.images]).to(dev)
-            mm_types = (ids == self.image_token_id).int()
-            pos, _ = inner.get_rope_index(ids, mm_types, image_grid_thw=grid,
-                                          attention_mask=mask if padded else None)
+            pos = rope_index(inner, ids, self.image_token_id, grid, attention_mask=mask if padded else None)
         else:
             pos = None  # text only: Qwen2-VL's own 1-D positions
         out = inner.language_model(inputs_embeds=embeds, attention_mask=mask if padded else None,

@@ -35,6 +35,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dream_engine_core.compat import rope_index, vision_merged
 from dream_engine_core.encoder import LMMEncoder
 from dream_engine_core.prompt import IMG, ModelInput
 from training.schedule import warmup_cosine
@@ -97,12 +98,11 @@ def _losses(model, heads, g_img, merge):
     for g in g_img:
         ids = g["ids"]
         B, L = ids.shape
-        feats = inner.visual(g["pixel_values"], grid_thw=g["grid"]).pooler_output  # [B·n, D]
+        feats = vision_merged(inner.visual, g["pixel_values"], g["grid"])  # [B·n, D]
         a, b = g["span"]
         embeds = inner.get_input_embeddings()(ids).clone()
         embeds[:, a:b] = feats.view(B, b - a, -1).to(embeds.dtype)
-        mm = (ids == model.config.image_token_id).int()
-        pos, _ = inner.get_rope_index(ids, mm, image_grid_thw=g["grid"])
+        pos = rope_index(inner, ids, model.config.image_token_id, g["grid"])
         h = inner.language_model(inputs_embeds=embeds, position_ids=pos, use_cache=False).last_hidden_state
         logits = model.lm_head(h[:, b + 1:-1])  # predict the description after <|vision_end|>
         tgt = ids[:, b + 2:]

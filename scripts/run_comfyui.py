@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import dream_engine_core  # noqa: E402,F401  (torchvision import fix, transformers check)
+import dream_engine_core  # noqa: E402,F401  (torchvision import fix)
 
 
 def main() -> None:

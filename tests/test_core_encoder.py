@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from dream_engine_core.adapter import pool_tokens
+from dream_engine_core.compat import image_size_kwargs
 from dream_engine_core.encoder import (ImageInputError, LMMEncoder, LMMFolderError, check_lmm_folder,
                                        resize_short_side)
 from dream_engine_core.engine import DreamEngine, EncodeOptions
@@ -29,8 +30,7 @@ def reference_hidden(enc: LMMEncoder, text, images):
     proc = enc.processor
     kw = dict(text=[text], return_tensors="pt")
     if images:
-        kw.update(images=[resize_short_side(i, 336) for i in images],
-                  size={"shortest_edge": 56 * 56, "longest_edge": 512 * 28 * 28})
+        kw.update(images=[resize_short_side(i, 336) for i in images], **image_size_kwargs(56 * 56, 512 * 28 * 28))
     inputs = proc(**kw)
     with torch.no_grad():
         out = enc.model(**inputs, output_hidden_states=True)
@@ -39,7 +39,8 @@ def reference_hidden(enc: LMMEncoder, text, images):
 
 def reference_vision(enc: LMMEncoder, inputs):
     with torch.no_grad():
-        return enc.model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        out = enc.model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 4.57 / 5
 
 
 @pytest.mark.parametrize("n_images", [0, 1, 3])

@@ -1,0 +1,177 @@
+"""Drive a ComfyUI installed as a user installs it (run by scripts/check_user_install.sh).
+
+Standard library only, and nothing imported from this repository: it runs in the
+user's virtual environment, where the pack exists only as the copy in
+``custom_nodes/``. It starts ComfyUI's own ``main.py``, reads ``/object_info``
+and queues workflow 1 (API format) with the embedded miniature's values
+(``miniature/profile.json``: the same widget mapping as ``comfy_host.workflows.apply_profile``).
+
+    python user_install_driver.py --comfyui DIR --workflow API.json --profile profile.json \
+        --expect render            # workflow 1 renders one image of the profile's size
+    python user_install_driver.py ... --expect error:TEXT   # it fails with a message containing TEXT
+
+The server is started through a small launcher that stands in for a torchvision
+matching torch: this machine's package registry has only CUDA torchvision wheels,
+whose compiled operators cannot load next to the CPU torch, and ComfyUI imports
+torchvision before any custom node. The launcher defines the two operator schemas
+torchvision's Python side needs, then runs ``main.py`` unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+NODES = ("LoadDreamEngine", "DreamEngineInterleavedConditioning", "DreamEngineImageSegment", "DreamEngineBlendRatio")
+LAUNCHER = r"""
+import os, runpy, sys, torch
+try:
+    import torchvision  # noqa: F401
+except RuntimeError as e:  # a torchvision built for another torch (see the driver's docstring)
+    if "torchvision::" not in str(e):
+        raise
+    for m in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+        del sys.modules[m]
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+main = os.path.join(os.getcwd(), "main.py")
+sys.path.insert(0, os.getcwd())
+sys.argv = [main] + sys.argv[1:]
+runpy.run_path(main, run_name="__main__")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, body: dict | None = None, timeout: float = 30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def configure(prompt: dict, prof: dict) -> dict:
+    """Widget values of the miniature (as comfy_host.workflows.apply_profile sets them)."""
+    for node in prompt.values():
+        ct, inp = node["class_type"], node["inputs"]
+        if ct == "UNETLoader":
+            inp["unet_name"] = prof["unet_name"]
+        elif ct == "VAELoader":
+            inp["vae_name"] = prof["vae_name"]
+        elif ct == "LoadDreamEngine":
+            inp.update(lmm=prof["lmm"], adapter=prof["adapter"])
+        elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
+            inp["width"] = inp["height"] = prof["size"]
+        elif ct == "DreamEngineInterleavedConditioning":
+            inp["image_short_side"] = prof["image_short_side"]
+            if inp.get("task") == "generate" and prof.get("prompt"):
+                inp["prompt"] = prof["prompt"]
+        elif ct == "KSampler":
+            inp.update(steps=prof["steps"], cfg=prof["cfg"])
+    return prompt
+
+
+def png_size(path: str) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comfyui", required=True)
+    ap.add_argument("--workflow", required=True)
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--expect", default="render")
+    ap.add_argument("--log", required=True)
+    ap.add_argument("--timeout", type=float, default=600)
+    a = ap.parse_args()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(a.log, "w")
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--disable-auto-launch"], cwd=a.comfyui, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + a.timeout
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"ComfyUI exited with {proc.returncode}; see {a.log}")
+            try:
+                info = http(url + "/object_info")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    raise SystemExit(f"ComfyUI did not answer within {a.timeout:.0f} s; see {a.log}")
+                time.sleep(1)
+        missing = [n for n in NODES if n not in info]
+        with open(a.log) as f:
+            text = f.read()
+        if missing:
+            raise SystemExit(f"/object_info lacks {missing}; ComfyUI log:\n{text[-3000:]}")
+        pack = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        failed = [ln for ln in text.splitlines() if "IMPORT FAILED" in ln and pack in ln]
+        if failed:
+            raise SystemExit(f"the pack failed to import: {failed}\n{text[-3000:]}")
+        print(f"[user-install] /object_info lists the {len(NODES)} nodes")
+
+        with open(a.profile) as f:
+            prof = json.load(f)
+        with open(a.workflow) as f:
+            prompt = configure(json.load(f), prof)
+        body = http(url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+        pid = body["prompt_id"]
+        while True:
+            hist = http(url + f"/history/{pid}")
+            if pid in hist:  # an entry appears once the prompt has finished (or failed)
+                entry = hist[pid]
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"workflow did not finish within {a.timeout:.0f} s")
+            time.sleep(0.5)
+        errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+        if a.expect == "render":
+            if errors:
+                raise SystemExit("workflow 1 failed: " + json.dumps(errors[0])[:3000])
+            images = [im for out in entry["outputs"].values() for im in out.get("images", [])]
+            assert len(images) == 1, images
+            im = images[0]
+            path = os.path.join(a.comfyui, "output", im.get("subfolder", ""), im["filename"])
+            size = png_size(path)
+            assert size == (prof["size"], prof["size"]), size
+            print(f"[user-install] workflow 1 rendered {path} ({size[0]}x{size[1]})")
+        else:
+            want = a.expect.split(":", 1)[1]
+            if not errors:
+                raise SystemExit(f"workflow 1 succeeded; expected an error containing {want!r}")
+            msg = errors[0]["exception_message"]
+            if want not in msg:
+                raise SystemExit(f"error message lacks {want!r}: {msg}")
+            print(f"[user-install] {errors[0]['node_type']} raised: {msg.strip()}")
+        return 0
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
