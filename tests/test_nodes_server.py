@@ -153,7 +153,7 @@ def test_missing_model_files(server):
         f.write('{"model_type": "qwen2_vl"}')
     p[le]["inputs"]["lmm"] = "broken-Qwen2-VL"
     msg = _rejected(server, p)
-    for missing in ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json", "model.safetensors"):
+    for missing in ("preprocessor_config.json", "processor_config.json", "tokenizer.json", "model.safetensors"):
         assert missing in msg
     _still_serving(server)
 
