@@ -74,14 +74,23 @@ def test_conditioning_node_shows_what_the_model_saw():
     screenshot of the node to tests/artifacts/."""
     import uuid
 
-    from playwright.sync_api import sync_playwright
-
     server = host.get_server()
     server.post("/settings/Comfy.TutorialCompleted", True)
     api = host.small_model_profile(host.load_api("3_object_fusion.json"), size=128)
     cond = host.nodes_of(api, "DreamEngineInterleavedConditioning")[0]
     api[cond]["inputs"]["prompt"] += f" {uuid.uuid4().hex[:6]}"  # never a cached result
     api[host.nodes_of(api, "KSampler")[0]]["inputs"]["steps"] = 2
+    # its own browser, in its own thread: the sync API refuses to start while another test's
+    # browser (the module fixture above) holds this thread's event loop
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as ex:
+        ex.submit(_run_and_screenshot, server, api).result()
+
+
+def _run_and_screenshot(server, api):
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
