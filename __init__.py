@@ -9,7 +9,10 @@ Outside ComfyUI (e.g. pytest collecting this folder as a package) there is no
 """
 import importlib.util
 
+# The frontend extension (web/dream_engine.js) shows on the conditioning node what the model saw.
+WEB_DIRECTORY = "./web"
+
 if importlib.util.find_spec("comfy_api") is not None:
     from .nodes import comfy_entrypoint
 
-    __all__ = ["comfy_entrypoint"]
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

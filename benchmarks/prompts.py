@@ -1,9 +1,9 @@
 """The benchmark prompts and images.
 
-The random-weight LMM's tokenizer is trained (BPE merges) on the words below so that a
-word is one token, as in Qwen2-VL's real 151k vocabulary; token counts are therefore
-close to what the real tokenizer gives for the same English text (the real one splits a
-few rare words and merges some punctuation, within a few tokens).
+The benchmark LMMs (random weights) carry the real Qwen2 vocabulary
+(:func:`model_builders.qwen2vl.build_qwen2vl_tokenizer`), so every token count the
+benchmarks report (the 20-word prompt, the 300-token prompt) is the count the released
+model's tokenizer gives for the same text.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _LONG_WORDS = (
     "past a market stall selling bread cheese and flowers beside a lighthouse on the far cliff"
 ).split()
 
-# Words the random model's tokenizer knows as single tokens.
+# The words of the prompts (prompt variants swap in those that are one token).
 WORDS = tuple(sorted(set(PROMPT_20.split()) | set(_LONG_WORDS) | {"Generate", "Image:", "Image", "image"}))
 
 

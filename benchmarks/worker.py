@@ -155,16 +155,20 @@ def _prompt_and_images(eng, spec: dict):
     raise ValueError(kind)
 
 
-def _variants(prompt: str, n: int = 16) -> list:
-    """``n`` prompts of the same token count: the last word swapped for another
-    single-token word. Timed repeats cycle through them, so that no repeat re-encodes
-    the previous one's conditional input (the encoder remembers text-only inputs)."""
+def _variants(prompt: str, tokenizer, n: int = 16) -> list:
+    """``n`` prompts of the same token count: the last word swapped for another word that
+    is one token of the (real Qwen2) vocabulary, as the last word is. Timed repeats cycle
+    through them, so that no repeat re-encodes the previous one's conditional input (the
+    encoder remembers text-only inputs)."""
     from .prompts import WORDS
 
+    def one_token(w):
+        return len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
+
     head, _, last = prompt.rpartition(" ")
-    if not head or "[" in last:
+    if not head or "[" in last or not one_token(last):
         return [prompt] * n
-    words = [w for w in WORDS if w.isalpha() and w.islower() and w != last]
+    words = [w for w in WORDS if w.isalpha() and w.islower() and w != last and one_token(w)]
     return [f"{head} {words[i % len(words)]}" for i in range(n)]
 
 
@@ -178,7 +182,7 @@ def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6),
     patches = [int(g.prod()) for g in prep.grid_thw] if prep.grid_thw is not None else []
     cost = encode_cost(enc.model.config, eng.adapter.spec, pos.tokens.shape[1], neg.tokens.shape[1], patches,
                        esize=torch.tensor([], dtype=enc.dtype).element_size())
-    variants = _variants(prompt)
+    variants = _variants(prompt, enc.tokenizer)
     counter = iter(range(10 ** 9))
 
     def run():

@@ -3,9 +3,11 @@
 The model and its processor are loaded from a local folder only (no network, no
 remote code). For one model input the encoder
 
-1. resizes each image so its short side is ``short_side`` (336, as the release),
-   then lets the Qwen2-VL image processor fit it to 28-px units within
-   ``[min_pixels, max_pixels]`` (``max_pixels = 512·28·28`` as the release);
+1. prepares each image exactly as the release did (:func:`release_resize`): torchvision's
+   ``transforms.Resize(short_side, BILINEAR)`` (336), then ``qwen_vl_utils.fetch_image``
+   (multiples of 28 within its own pixel bounds), then the Qwen2-VL image processor
+   (PIL backend, as the release's transformers) within ``[min_pixels, max_pixels]``
+   (``max_pixels = 512·28·28`` as the release);
 2. expands each vision placeholder to the image's patch tokens and tokenizes;
 3. runs the vision tower once for all distinct images and splices its merged output
    into the token embeddings (as Qwen2-VL's own forward does);
@@ -38,12 +40,13 @@ from .errors import DreamEngineError
 from .prompt import IMG, ModelInput
 from .weights import check_lmm_weights
 
-REQUIRED_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 POSITIONS = ("mrope", "1d")
 DEFAULT_SHORT_SIDE = 336
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 512 * 28 * 28
+#: the largest long-side / short-side ratio Qwen2-VL's processors accept
+MAX_ASPECT_RATIO = 200
 
 
 class LMMFolderError(DreamEngineError, FileNotFoundError):
@@ -54,17 +57,45 @@ class ImageInputError(DreamEngineError, ValueError):
     """An image cannot be encoded (empty, wrong channel count, NaN …)."""
 
 
+def _has_image_processor_config(folder: str, have: set) -> bool:
+    """The image-processor settings ``from_pretrained`` reads: ``preprocessor_config.json``
+    (hub layout), or the ``image_processor`` entry of ``processor_config.json`` (the layout
+    transformers 5's ``save_pretrained`` writes)."""
+    if "preprocessor_config.json" in have:
+        return True
+    if "processor_config.json" in have:
+        try:
+            with open(os.path.join(folder, "processor_config.json")) as f:
+                return isinstance(json.load(f).get("image_processor"), dict)
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
 def check_lmm_folder(folder: str) -> None:
-    """Raise :class:`LMMFolderError` naming every file that is missing."""
+    """Raise :class:`LMMFolderError` naming every file that is missing.
+
+    Accepts the layouts ``from_pretrained`` loads: the hub layout
+    (``preprocessor_config.json``) and the transformers-5 layout (``processor_config.json``
+    with the image-processor settings nested in it); ``tokenizer.json`` or ``vocab.json`` +
+    ``merges.txt``; ``model.safetensors`` or ``model.safetensors.index.json`` with every
+    shard it lists. ``tokenizer_config.json`` is optional, as for ``from_pretrained``.
+    """
     if not os.path.isdir(folder):
         raise LMMFolderError(f"LMM folder not found: {folder} (expected an HF-format Qwen2-VL-2B-Instruct folder)")
     have = set(os.listdir(folder))
-    missing = [f for f in REQUIRED_FILES if f not in have]
+    missing = [] if "config.json" in have else ["config.json"]
+    if not _has_image_processor_config(folder, have):
+        missing.append("preprocessor_config.json (or processor_config.json with its image_processor settings)")
     if not any(all(f in have for f in group) for group in TOKENIZER_FILES):
         missing.append("tokenizer.json (or vocab.json + merges.txt)")
     if "model.safetensors.index.json" in have:
-        with open(os.path.join(folder, "model.safetensors.index.json")) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(os.path.join(folder, "model.safetensors.index.json")) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise LMMFolderError(f"{folder}: model.safetensors.index.json is unreadable ({e}); copy it again "
+                                 f"from the model's folder") from e
         missing += [s for s in shards if s not in have]
     elif "model.safetensors" not in have:
         pickles = sorted(f for f in have if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
@@ -78,12 +109,11 @@ def check_lmm_folder(folder: str) -> None:
         raise LMMFolderError(f"the LMM folder {folder} is incomplete; missing: " + "; ".join(missing) +
                              ". Copy the whole Qwen2-VL-2B-Instruct folder (config, tokenizer, "
                              "preprocessor config and safetensors weights) there.")
-    if "config.json" in have:
-        with open(os.path.join(folder, "config.json")) as f:
-            mt = json.load(f).get("model_type")
-        if mt != "qwen2_vl":
-            raise LMMFolderError(f"{folder} holds a {mt!r} model; Dream Engine needs Qwen2-VL "
-                                 f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
+    with open(os.path.join(folder, "config.json")) as f:
+        mt = json.load(f).get("model_type")
+    if mt != "qwen2_vl":
+        raise LMMFolderError(f"{folder} holds a {mt!r} model; Dream Engine needs Qwen2-VL "
+                             f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
 
 
 def blend(h: torch.Tensor, f: torch.Tensor, r: float) -> torch.Tensor:
@@ -116,13 +146,66 @@ def to_pil(image) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
+def image_size_label(index: int, img: Image.Image) -> str:
+    return f"image {index + 1} ({img.width}×{img.height})"
+
+
+def check_aspect_ratio(img: Image.Image, index: int = 0) -> None:
+    """Qwen2-VL accepts long/short ≤ 200; refuse before any resize (the release's chain would
+    first upscale the image to a 336-px short side)."""
+    ratio = max(img.size) / min(img.size)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageInputError(f"{image_size_label(index, img)} has aspect ratio {ratio:.1f}; Qwen2-VL accepts at "
+                              f"most {MAX_ASPECT_RATIO}. Crop or pad the image before connecting it.")
+
+
 def resize_short_side(img: Image.Image, short_side: int | None) -> Image.Image:
+    """The release's first step: torchvision ``transforms.Resize(short_side, BILINEAR)`` (on a
+    PIL image: PIL's bilinear resize with antialiasing; the long side is truncated as
+    torchvision computes it). ``short_side`` 0/None: unchanged."""
     if not short_side:
         return img
-    w, h = img.size
-    s = short_side / min(w, h)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return img if size == (w, h) else img.resize(size, Image.BICUBIC)
+    from torchvision.transforms import InterpolationMode, Resize
+
+    return Resize(int(short_side), interpolation=InterpolationMode.BILINEAR)(img)
+
+
+def fit_to_patches(img: Image.Image) -> Image.Image:
+    """The release's second step: ``qwen_vl_utils.fetch_image`` (height and width snapped to
+    multiples of 28 within its own pixel bounds, then a PIL resize)."""
+    try:
+        from qwen_vl_utils import fetch_image
+    except ImportError as e:
+        raise ImportError("Dream Engine prepares images with qwen-vl-utils, as the released model did; "
+                          "install it: pip install 'qwen-vl-utils>=0.0.14,<0.1'") from e
+    return fetch_image({"image": img})
+
+
+def release_resize(img: Image.Image, short_side: int | None = DEFAULT_SHORT_SIDE, index: int = 0) -> Image.Image:
+    """Both resizes of the release's chain, before the Qwen2-VL image processor."""
+    check_aspect_ratio(img, index)
+    try:
+        out = fit_to_patches(resize_short_side(img, short_side))
+    except ValueError as e:  # qwen_vl_utils' own aspect-ratio check after the first resize
+        raise ImageInputError(f"{image_size_label(index, img)} cannot be prepared: {e} (Qwen2-VL's limit is "
+                              f"{MAX_ASPECT_RATIO}; crop or pad the image)") from e
+    ratio = max(out.size) / min(out.size)
+    if ratio > MAX_ASPECT_RATIO:  # rounding to 28-px units pushed a ratio just under 200 over it
+        raise ImageInputError(f"{image_size_label(index, img)}: after the release's resizing ({out.width}×"
+                              f"{out.height}) its aspect ratio is {ratio:.2f}, beyond Qwen2-VL's limit "
+                              f"{MAX_ASPECT_RATIO}. Crop or pad the image a little.")
+    return out
+
+
+def pil_image_processor(image_processor):
+    """The image processor on transformers' PIL backend (the release's transformers had only
+    that one; the torchvision backend gives slightly different pixel values)."""
+    import transformers
+
+    pil_cls = getattr(transformers, type(image_processor).__name__.removesuffix("Pil") + "Pil", None)
+    if pil_cls is None or isinstance(image_processor, pil_cls):
+        return image_processor
+    return pil_cls.from_dict(image_processor.to_dict())
 
 
 @dataclass
@@ -147,6 +230,13 @@ class PreparedImages:
     tokens_per_image: list
     features: list | None = None  # merged vision features per image, filled on first use
 
+    @property
+    def encoded_sizes(self) -> list:
+        """(width, height) in pixels of each image as the vision tower saw it."""
+        if self.grid_thw is None:
+            return []
+        return [(int(w) * 14, int(h) * 14) for _, h, w in self.grid_thw.tolist()]
+
 
 class LMMEncoder:
     #: how many text-only inputs to remember (0 = off). The unconditional input of a
@@ -157,7 +247,9 @@ class LMMEncoder:
     def __init__(self, model, processor, folder: str = ""):
         self._text_cache: OrderedDict = OrderedDict()
         self.model = model
+        processor.image_processor = pil_image_processor(processor.image_processor)
         self.processor = processor
+        self.image_processor = processor.image_processor
         self.tokenizer = processor.tokenizer
         self.folder = folder
         cfg = model.config
@@ -195,9 +287,16 @@ class LMMEncoder:
             return PreparedImages(None, None, [])
         if min_pixels <= 0 or max_pixels < min_pixels:
             raise ImageInputError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
-        pil = [resize_short_side(to_pil(im), short_side) for im in images]
-        out = self.processor.image_processor(images=pil, return_tensors="pt",
-                                             **image_size_kwargs(min_pixels, max_pixels))
+        pil = [to_pil(im) for im in images]
+        for i, im in enumerate(pil):  # every image is checked before any is resized
+            check_aspect_ratio(im, i)
+        pil = [release_resize(im, short_side, i) for i, im in enumerate(pil)]
+        try:
+            out = self.image_processor(
+                images=pil, return_tensors="pt", **image_size_kwargs(min_pixels, max_pixels))
+        except ValueError as e:
+            raise ImageInputError(f"the Qwen2-VL image processor refused an image ({e}); sizes after the "
+                                  f"release's resizing: " + ", ".join(f"{p.width}×{p.height}" for p in pil)) from e
         grid = out["image_grid_thw"]
         per = (grid.prod(-1) // self.merge ** 2).tolist()
         return PreparedImages(out["pixel_values"], grid, per)

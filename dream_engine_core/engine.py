@@ -18,9 +18,9 @@ import torch
 
 from .adapter import Adapter, POOLINGS
 from .encoder import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE, EncodedStates,
-                      LMMEncoder, to_pil)
+                      LMMEncoder, check_aspect_ratio, to_pil)
 from .interrupt import interrupt_points
-from .prompt import ImageRef, TaskInputs, build_task_inputs
+from .prompt import IMG, ImageRef, TaskInputs, build_task_inputs
 from .weights import check_adapter_lmm, load_adapter
 
 PADDINGS = ("natural", "reference")
@@ -40,12 +40,54 @@ class Conditioning:
     ratios: list = field(default_factory=list)       # blend ratio per placeholder
     map_kind: str = "direct"
     task: str = "generate"
+    image_sizes: list = field(default_factory=list)   # (width, height) the vision tower saw, per placeholder
+    source_sizes: list = field(default_factory=list)  # (width, height) of the image as given, per placeholder
+
+    @property
+    def image_tokens(self) -> list:
+        """Number of image tokens of each placeholder."""
+        return [e - s for s, e in self.image_spans]
 
     @property
     def provenance(self) -> dict:
         return {"text": self.text, "image_spans": [list(s) for s in self.image_spans],
                 "image_indices": list(self.image_indices), "ratios": list(self.ratios),
-                "map_kind": self.map_kind, "task": self.task, "length": int(self.tokens.shape[1])}
+                "image_sizes": [list(s) for s in self.image_sizes],
+                "source_sizes": [list(s) for s in self.source_sizes],
+                "image_tokens": self.image_tokens,
+                "map_kind": self.map_kind, "task": self.task, "length": int(self.tokens.shape[1]),
+                "real_tokens": int(self.attention_mask.sum())}
+
+    def compact_text(self) -> str:
+        """The text fed to the LMM with each image placeholder shown as
+        ``<image N: W×H → T tokens>`` (N: the prompt's image number, W×H: the size the vision
+        tower saw)."""
+        parts = self.text.split(IMG)
+        out = [parts[0]]
+        for k, piece in enumerate(parts[1:]):
+            (w, h), n = self.image_sizes[k], self.image_tokens[k]
+            out.append(f"<image {self.image_indices[k] + 1}: {w}×{h} → {n} tokens>" + piece)
+        return "".join(out)
+
+
+def describe(pos: Conditioning, neg: Conditioning) -> str:
+    """What the model saw, as lines of text: both LMM inputs (placeholders compact), each
+    image's size as given and as encoded, its tokens and r, and the token counts."""
+    lines = [f"positive: {pos.compact_text()!r}", f"negative: {neg.compact_text()!r}"]
+    seen = {}
+    for c in (pos, neg):
+        for k, i in enumerate(c.image_indices):
+            seen.setdefault(i, (c.source_sizes[k], c.image_sizes[k], c.image_tokens[k], c.ratios[k]))
+    for i in sorted(seen):
+        (sw, sh), (w, h), n, r = seen[i]
+        lines.append(f"image {i + 1}: {sw}×{sh} → encoded {w}×{h}, {n} tokens, r={r:g}")
+    for name, c in (("positive", pos), ("negative", neg)):
+        real = int(c.attention_mask.sum())
+        pad = int(c.tokens.shape[1]) - real
+        img = sum(c.image_tokens)
+        lines.append(f"{name} tokens: {int(c.tokens.shape[1])} ({img} image, {real - img} text"
+                     + (f", {pad} pad" if pad else "") + ")")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -124,8 +166,11 @@ class DreamEngine:
         if len(refs) != len(images):
             raise ValueError(f"{len(images)} images but {len(refs)} image references")
         ti: TaskInputs = build_task_inputs(prompt, refs, task, opts.style)
-        for im in images:  # validate every image before any compute
-            to_pil(im)
+        sources = []
+        for i, im in enumerate(images):  # validate every image before any compute
+            pil = to_pil(im)
+            check_aspect_ratio(pil, i)
+            sources.append(pil.size)
         total = 5
         done = 0
 
@@ -141,9 +186,10 @@ class DreamEngine:
 
         enc = self.encoder
         with interrupt_points(enc.model, check_interrupt):
-            return self._encode_stages(ti, images, opts, task, step, interrupt)
+            return self._encode_stages(ti, images, sources, opts, task, step, interrupt)
 
-    def _encode_stages(self, ti: TaskInputs, images: list, opts: EncodeOptions, task: str, step, interrupt):
+    def _encode_stages(self, ti: TaskInputs, images: list, sources: list, opts: EncodeOptions, task: str, step,
+                       interrupt):
         enc = self.encoder
         interrupt()
         prep = enc.prepare_images(images, opts.short_side, opts.min_pixels, opts.max_pixels)
@@ -162,6 +208,10 @@ class DreamEngine:
         step()
         interrupt()
         pos, neg = self._adapt(sc, opts, task), self._adapt(su, opts, task)
-        pos.image_indices, neg.image_indices = list(ti.cond.images), list(ti.uncond.images)
+        sizes = prep.encoded_sizes
+        for c, mi in ((pos, ti.cond), (neg, ti.uncond)):
+            c.image_indices = list(mi.images)
+            c.image_sizes = [sizes[i] for i in mi.images]
+            c.source_sizes = [sources[i] for i in mi.images]
         step()
         return pos, neg

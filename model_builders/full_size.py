@@ -78,15 +78,13 @@ def build_dream_engine(size: str = "full", log=print) -> dict:
 
     from model_builders.qwen2vl import build_tiny_adapter, build_tiny_qwen2vl
 
-    from benchmarks.prompts import WORDS
-
     lmm_size, ad = sizes(size)
     full = size == "full"
     folder = os.path.join(BUILD, size, "Qwen2-VL-2B-random" if full else "Qwen2-VL-tiny")
     adapter = os.path.join(BUILD, size, "dream_engine_direct_map.safetensors")
-    tkey = f"{BUILD_VERSION}:words:{'|'.join(WORDS)}"
-    # the tiny vocabulary's size depends on the words; the full one is padded to 151936
-    wkey = f"{BUILD_VERSION}:{lmm_size}:{ad}" + ("" if full else ":" + tkey)
+    tkey = f"{BUILD_VERSION}:real-qwen2-vocabulary"
+    # both sizes carry the real vocabulary (151,936 embedding rows)
+    wkey = f"{BUILD_VERSION}:{lmm_size}:{ad}:" + tkey
     out = {"lmm_folder": folder, "adapter": adapter}
     wstamp, tstamp = os.path.join(folder, ".built"), os.path.join(folder, ".tokenizer")
     have_w = _stamp_ok(wstamp, wkey) and os.path.isfile(os.path.join(folder, "model.safetensors")) \
@@ -97,8 +95,8 @@ def build_dream_engine(size: str = "full", log=print) -> dict:
     dtype = torch.bfloat16 if full else torch.float32
     if not have_w:
         shutil.rmtree(folder, ignore_errors=True)
-    # config, tokenizer (one token per benchmark word) and processor config
-    build_tiny_qwen2vl(folder, lmm_size, seed=0, dtype=dtype, real_vocab_ids=full, weights=False, words=WORDS)
+    # config, the real Qwen2 tokenizer and the processor config
+    build_tiny_qwen2vl(folder, lmm_size, seed=0, dtype=dtype, weights=False, real_vocab=True)
     _stamp(tstamp, tkey)
     if have_w:
         return out

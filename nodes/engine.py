@@ -8,11 +8,11 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..dream_engine_core.encoder import LMMEncoder, check_lmm_folder
 from ..dream_engine_core.encoder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE
-from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS
+from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS, describe
 from ..dream_engine_core.adapter import POOLINGS
 from ..dream_engine_core.encoder import POSITIONS
 from ..dream_engine_core.prompt import TASKS, build_task_inputs
@@ -209,7 +209,8 @@ class InterleavedConditioning(io.ComfyNode):
             prompt, [s.image for s in chain], refs, task, options=opts,
             progress=lambda done, total: pbar.update_absolute(done, total),
             check_interrupt=mm.throw_exception_if_processing_interrupted)
+        seen = describe(pos, neg)  # what the model saw: shown on the node and logged
         log.info("Dream Engine: encoded a %s prompt (%d image(s)): positive %d tokens, negative %d tokens, "
-                 "%s map, %.2fs", task, len(chain), pos.tokens.shape[1], neg.tokens.shape[1],
-                 pos.map_kind, time.perf_counter() - t0)
-        return io.NodeOutput(to_conditioning(pos), to_conditioning(neg))
+                 "%s map, %.2fs\n%s", task, len(chain), pos.tokens.shape[1], neg.tokens.shape[1],
+                 pos.map_kind, time.perf_counter() - t0, seen)
+        return io.NodeOutput(to_conditioning(pos), to_conditioning(neg), ui=ui.PreviewText(seen))

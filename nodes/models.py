@@ -59,9 +59,9 @@ class ModelNameError(DreamEngineError, FileNotFoundError):
     """A model name that is not one of the files or folders listed for its input."""
 
 
-LMM_FILES_HINT = ("put the HF-format Qwen2-VL-2B-Instruct folder there (config.json, preprocessor_config.json, "
-                  "tokenizer_config.json, tokenizer.json, model.safetensors or its shards with "
-                  "model.safetensors.index.json)")
+LMM_FILES_HINT = ("put the HF-format Qwen2-VL folder there (for the official release the converter's "
+                  "DreamEngine-Qwen2-VL-2B: config.json, preprocessor_config.json, tokenizer.json, "
+                  "model.safetensors or its shards with model.safetensors.index.json)")
 
 
 def _is_path_like(name: str) -> bool:

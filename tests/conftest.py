@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dream_engine_core  # noqa: F401
-from model_builders.qwen2vl import LMMSize, build_tiny_adapter, build_tiny_qwen2vl
+from model_builders.qwen2vl import LMMSize, Qwen2VocabMissing, build_tiny_adapter, build_tiny_qwen2vl
 
 TINY = LMMSize()
 
@@ -17,6 +17,24 @@ TINY = LMMSize()
 @pytest.fixture(scope="session")
 def tiny_lmm_dir(tmp_path_factory) -> str:
     return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("lmm") / "tiny-Qwen2-VL"), TINY, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_vocab_lmm_dir(tmp_path_factory) -> str:
+    """A tiny Qwen2-VL with the real Qwen2 vocabulary (installed by scripts/setup_env.sh).
+    Fails, never skips, when set-up did not install it."""
+    try:
+        return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("lmm") / "tiny-Qwen2-VL-real-vocab"), TINY, seed=0,
+                                  real_vocab=True)
+    except Qwen2VocabMissing as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def real_vocab_engine(real_vocab_lmm_dir, tiny_adapter_path):
+    from dream_engine_core.engine import DreamEngine
+
+    return DreamEngine.load(real_vocab_lmm_dir, tiny_adapter_path, dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from PIL import Image
 from dream_engine_core.adapter import pool_tokens
 from dream_engine_core.compat import image_size_kwargs
 from dream_engine_core.encoder import (ImageInputError, LMMEncoder, LMMFolderError, check_lmm_folder,
-                                       resize_short_side)
+                                       release_resize)
 from dream_engine_core.engine import DreamEngine, EncodeOptions
 from dream_engine_core.prompt import ImageRef, PromptError, build_task_inputs
 from model_builders.qwen2vl import build_tiny_adapter
@@ -26,11 +26,12 @@ IMGS = [img(100, 80, 1), img(60, 90, 2), img(120, 120, 3)]
 
 
 def reference_hidden(enc: LMMEncoder, text, images):
-    """Plain transformers: processor + full model forward, last hidden state."""
+    """Plain transformers: processor + full model forward, last hidden state (images through
+    the release's resizes first, as tests/test_image_preprocessing.py checks)."""
     proc = enc.processor
     kw = dict(text=[text], return_tensors="pt")
     if images:
-        kw.update(images=[resize_short_side(i, 336) for i in images], **image_size_kwargs(56 * 56, 512 * 28 * 28))
+        kw.update(images=[release_resize(i, 336) for i in images], **image_size_kwargs(56 * 56, 512 * 28 * 28))
     inputs = proc(**kw)
     with torch.no_grad():
         out = enc.model(**inputs, output_hidden_states=True)
@@ -91,7 +92,9 @@ def test_r1_equals_vision_features(engine):
     torch.testing.assert_close(st.hidden[0, s:e], vis, rtol=1e-5, atol=1e-5)
 
 
-def test_pooled_is_mean_and_masked_mean(engine):
+def test_pooled_is_mean_and_masked_mean(real_vocab_engine):
+    """Reference padding to 77 tokens of the real Qwen2 vocabulary."""
+    engine = real_vocab_engine
     pos, neg = engine.encode("a red dog", options=EncodeOptions(padding="reference"))
     ad = engine.adapter
     enc = engine.encoder
@@ -100,7 +103,8 @@ def test_pooled_is_mean_and_masked_mean(engine):
     assert neg.tokens.shape[1] == 77 and int(neg.attention_mask.sum()) < 77
     # the tokenizer pads on the left, with <|endoftext|>
     assert neg.attention_mask[0, 0] == 0 and neg.attention_mask[0, -1] == 1
-    assert int(st.input_ids[0, 0]) == enc.pad_token_id
+    assert int(st.input_ids[0, 0]) == enc.pad_token_id == 151643  # <|endoftext|> of the real vocabulary
+    assert enc.tokenizer.decode(st.input_ids[0][st.attention_mask[0].bool()]) == ti.uncond.text
     with torch.no_grad():
         full_mean = ad.condition_embeds_align_mlp(st.hidden.mean(dim=1))
         m = st.attention_mask[0].bool()
@@ -129,7 +133,8 @@ def test_natural_lengths_differ_between_cond_and_uncond(engine):
     assert pos.attention_mask.all() and neg.attention_mask.all()
 
 
-def test_reference_padding_rules(engine):
+def test_reference_padding_rules(real_vocab_engine):
+    engine = real_vocab_engine
     _, neg = engine.encode("a cat like [a]", [IMGS[0]], [ImageRef("a")], options=EncodeOptions(padding="reference"))
     assert neg.tokens.shape[1] == 77
     pos, neg = engine.encode("[a] wearing [b]", IMGS[:2], [ImageRef("a"), ImageRef("b")], task="fuse",

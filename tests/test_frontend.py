@@ -66,3 +66,63 @@ def test_workflow_loads_in_frontend(page, ui_path):
     if os.path.basename(ui_path).startswith("3_"):
         os.makedirs(ARTIFACTS, exist_ok=True)
         page.screenshot(path=os.path.join(ARTIFACTS, "frontend_3_object_fusion.png"))
+
+
+def test_conditioning_node_shows_what_the_model_saw():
+    """Run the object-fusion workflow from the real frontend; the conditioning node then shows
+    the LMM inputs, each image's encoded size and tokens (web/dream_engine.js). Saves a
+    screenshot of the node to tests/artifacts/."""
+    import uuid
+
+    server = host.get_server()
+    server.post("/settings/Comfy.TutorialCompleted", True)
+    api = host.small_model_profile(host.load_api("3_object_fusion.json"), size=128)
+    cond = host.nodes_of(api, "DreamEngineInterleavedConditioning")[0]
+    api[cond]["inputs"]["prompt"] += f" {uuid.uuid4().hex[:6]}"  # never a cached result
+    api[host.nodes_of(api, "KSampler")[0]]["inputs"]["steps"] = 2
+    # its own browser, in its own thread: the sync API refuses to start while another test's
+    # browser (the module fixture above) holds this thread's event loop
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as ex:
+        ex.submit(_run_and_screenshot, server, api).result()
+
+
+def _run_and_screenshot(server, api):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+            errors = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+            pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+            pg.wait_for_timeout(1000)
+            pg.keyboard.press("Escape")
+            pg.evaluate("(api) => window.app.loadApiJson(api, 'what_the_model_saw.json')", api)
+            pg.wait_for_timeout(500)
+            pg.evaluate("() => window.app.queuePrompt(0, 1)")
+            get_text = """() => {
+                const n = window.app.graph._nodes.find(n => n.type === 'DreamEngineInterleavedConditioning');
+                const w = n && n.widgets && n.widgets.find(w => w.name === 'dream_engine_seen');
+                return w ? w.value : null }"""
+            pg.wait_for_function(f"() => ({get_text})()", timeout=300_000)
+            shown = pg.evaluate(get_text)
+            assert shown.startswith("positive: 'Combine the objects: disc<image 1: ")
+            assert "\nnegative: " in shown and "tokens, r=0.3" in shown and "tokens, r=0.7" in shown
+            assert "\npositive tokens: " in shown
+            # the same text reached the server's history and log
+            assert shown in server.log_text()
+            box = pg.evaluate("""() => {
+                const n = window.app.graph._nodes.find(n => n.type === 'DreamEngineInterleavedConditioning');
+                window.app.canvas.selectNode(n); window.app.canvas.centerOnNode(n);
+                window.app.canvas.setDirty(true, true); return true }""")
+            assert box
+            pg.wait_for_timeout(800)
+            os.makedirs(ARTIFACTS, exist_ok=True)
+            pg.screenshot(path=os.path.join(ARTIFACTS, "frontend_what_the_model_saw.png"))
+            assert errors == []
+        finally:
+            browser.close()
