@@ -303,7 +303,7 @@ def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_eng
         return sorted(os_, key=lambda o: (key_shard[o.base], o.key))
 
     paths = {
-        # the names the shipped workflows load (workflows/build_workflows.py)
+        # the names the shipped workflows load (scripts/build_workflows.py)
         "adapter": os.path.join(out_dir, "dream_engine", f"{name}_direct_map.safetensors"),
         "dit": os.path.join(out_dir, "diffusion_models", f"{name}_sd35_large.safetensors"),
         "lmm": os.path.join(out_dir, "LLM", f"Qwen2-VL-2B-Instruct-{name}"),
