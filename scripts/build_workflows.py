@@ -187,14 +187,14 @@ class Graph:
 
 
 def _note(what: str, images: str = "") -> str:
-    return (f"## {what}\n\n"
-            "**Change first:** in **Models** pick your own files — your SD3.5 Large "
-            f"(`{DIT}`, models/diffusion_models), the Dream Engine LoRA (`{LORA}`, models/loras), "
-            f"the VAE (`{VAE}`, models/vae), the LMM folder (`{LMM}`, models/LLM) and the adapter "
-            f"(`{ADAPTER}`, models/dream_engine)."
-            + (f" Then {images} in **Images**." if images else "")
-            + " Then write the prompt in **Prompt** and press Run.\n\n"
-            "The converter writes the Dream Engine files (see the pack's README).")
+    steps = ["**Models**: pick your files — SD3.5 Large (models/diffusion_models), the Dream Engine "
+             "LoRA (models/loras), the VAE (models/vae), the LMM folder (models/LLM), the adapter "
+             "(models/dream_engine)."]
+    if images:
+        steps.append(f"**Images**: {images}.")
+    steps.append("**Prompt**: write yours, then Run.")
+    return (f"## {what}\n\n**Change first**\n\n" + "\n".join(f"{k}. {t}" for k, t in enumerate(steps, 1))
+            + "\n\nThe pack's converter writes the Dream Engine files (see its README).")
 
 
 def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"):
@@ -221,7 +221,7 @@ def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"
     # The VAE wire runs straight along the top of the band, above every node, and drops
     # into VAE Decode in the gap between Sample and Output.
     g.route(dec, "vae", (X_OUTPUT - 20, ROW + 10))
-    g.group("Models", X_MODELS, TOP, 1110, 390)
+    g.group("Models", X_MODELS, TOP, 1110, 430)
     g.group("Prompt", X_PROMPT, TOP, 460, BAND_H)
     g.group("Sample", X_SAMPLE, TOP, 740, BAND_H)
     return cond, dec
@@ -249,7 +249,7 @@ def text_to_image() -> Graph:
 
 def edit() -> Graph:
     g = Graph("Dream Engine 2: instruction edit",
-              _note("Dream Engine — edit an image by an instruction (task edit)", "load your image"))
+              _note("Dream Engine — edit an image by an instruction", "load your image"))
     y = IMAGES + ROW
     img = _image(g, "image", y, "dream_engine_example_1.png")
     seg = g.add("DreamEngineImageSegment", (X_MODELS + 380, y), {"name": "", "frame": 0}, image=(img, 0))
@@ -262,9 +262,9 @@ def edit() -> Graph:
 
 def fusion() -> Graph:
     g = Graph("Dream Engine 3: object fusion",
-              _note("Dream Engine — combine two objects (task fuse)",
-                    "load one image per object, name each segment after its object (the names in "
-                    "[brackets] in the prompt) and set its blend ratio r"))
+              _note("Dream Engine — combine two objects",
+                    "one image per object; name each segment after its [object] in the prompt and "
+                    "set its blend ratio r"))
     y1, y2 = IMAGES + ROW, IMAGES + ROW + 440
     a = _image(g, "a", y1, "dream_engine_example_1.png")
     b = _image(g, "b", y2, "dream_engine_example_2.png")
@@ -284,9 +284,8 @@ def fusion() -> Graph:
 
 def reconstruct() -> Graph:
     g = Graph("Dream Engine 4: reconstruct / variation",
-              _note("Dream Engine — reconstruct an image (task reconstruct, no text)",
-                    "load your image and set the blend ratio r (how closely the variation follows the "
-                    "image's appearance)"))
+              _note("Dream Engine — reconstruct / variation (no text)",
+                    "load your image; the blend ratio r sets how closely the variation follows it"))
     y = IMAGES + ROW
     img = _image(g, "image", y, "dream_engine_example_2.png")
     seg = g.add("DreamEngineImageSegment", (X_MODELS + 380, y), {"name": "", "frame": 0}, image=(img, 0))
@@ -300,7 +299,7 @@ def reconstruct() -> Graph:
 
 def artist_chain() -> Graph:
     g = Graph("Dream Engine 5: edit, upscale, save",
-              _note("Dream Engine — edit, upscale (ComfyUI's Upscale Image By), save", "load your image"))
+              _note("Dream Engine — edit, upscale, save", "load your image"))
     y = IMAGES + ROW
     img = _image(g, "image", y, "dream_engine_example_1.png")
     seg = g.add("DreamEngineImageSegment", (X_MODELS + 380, y), {"name": "", "frame": 0}, image=(img, 0))
