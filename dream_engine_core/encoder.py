@@ -83,6 +83,11 @@ def check_lmm_folder(folder: str) -> None:
                                  f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
 
 
+def blend(h: torch.Tensor, f: torch.Tensor, r: float) -> torch.Tensor:
+    """The visual blend of one image's pad-token states: ``(1 − r)·h_LLM + r·h_ViT``."""
+    return (1 - r) * h + r * f.to(h.dtype)
+
+
 def to_pil(image) -> Image.Image:
     """Accept a PIL image, or an array/tensor ``[H, W, 3]`` (or ``[1, H, W, 3]``) in [0, 1]."""
     if isinstance(image, Image.Image):
@@ -295,5 +300,5 @@ class LMMEncoder:
             hidden = hidden.clone()
             for (s, e), f, r in zip(spans, vis, inp.ratios):
                 if r > 0:
-                    hidden[0, s:e] = (1 - r) * hidden[0, s:e] + r * f.to(hidden.dtype)
+                    hidden[0, s:e] = blend(hidden[0, s:e], f, r)
         return EncodedStates(hidden, mask, ids, inp.text, spans, list(inp.ratios), vis)

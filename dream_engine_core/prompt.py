@@ -51,7 +51,14 @@ _IMAGE_N = re.compile(r"^\s*image\s*(\d+)\s*$", re.IGNORECASE)
 
 
 class PromptError(ValueError):
-    """The prompt or its images cannot form a model input; the message says how to fix it."""
+    """The prompt or its images cannot form a model input; the message says how to fix it.
+
+    ``field`` names the input at fault: ``"prompt"``, ``"names"`` (the images' names),
+    ``"images"`` (their number), ``"ratio"``, ``"task"`` or ``"style"``."""
+
+    def __init__(self, message: str, field: str = "prompt"):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -66,17 +73,18 @@ class ImageRef:
         if self.name is not None:
             self.name = self.name.strip() or None
             if self.name is not None and ("[" in self.name or "]" in self.name):
-                raise PromptError(f"image name {self.name!r} may not contain square brackets")
+                raise PromptError(f"image name {self.name!r} may not contain square brackets", "names")
 
 
 def check_ratio(r, name=None) -> float:
     try:
         r = float(r)
     except (TypeError, ValueError):
-        raise PromptError(f"blend ratio must be a number in [0, 1], got {r!r}") from None
+        raise PromptError(f"blend ratio must be a number in [0, 1], got {r!r}", "ratio") from None
     if not (math.isfinite(r) and 0.0 <= r <= 1.0):
         label = f" of image {name!r}" if name else ""
-        raise PromptError(f"blend ratio{label} must be in [0, 1], got {r}; set r between 0 (no blend) and 1 (vision features only)")
+        raise PromptError(f"blend ratio{label} must be in [0, 1], got {r}; set r between 0 (no blend) and 1 (vision features only)",
+                          "ratio")
     return r
 
 
@@ -113,9 +121,10 @@ def parse(prompt: str, refs: list[ImageRef]) -> list:
         if r.name:
             key = r.name.lower()
             if key in names:
-                raise PromptError(f"two images are named {r.name!r}; give each image its own name")
+                raise PromptError(f"two images are named {r.name!r}; give each image its own name", "names")
             if _IMAGE_N.match(key):
-                raise PromptError(f"image name {r.name!r} is reserved for references by position; pick another name")
+                raise PromptError(f"image name {r.name!r} is reserved for references by position; pick another name",
+                                  "names")
             names[key] = i
     out: list = []
     pos = 0
@@ -172,9 +181,9 @@ def build_task_inputs(prompt: str, refs: list[ImageRef], task: str = "generate",
     trainer's (the unconditional edit input ends in ``"following: "``).
     """
     if task not in TASKS:
-        raise PromptError(f"task must be one of {TASKS}, got {task!r}")
+        raise PromptError(f"task must be one of {TASKS}, got {task!r}", "task")
     if style not in ("inference", "training"):
-        raise PromptError(f"style must be 'inference' or 'training', got {style!r}")
+        raise PromptError(f"style must be 'inference' or 'training', got {style!r}", "style")
     prompt = "" if prompt is None else str(prompt)
     refs = list(refs)
     parts = parse(prompt, refs)
@@ -198,7 +207,7 @@ def build_task_inputs(prompt: str, refs: list[ImageRef], task: str = "generate",
     if task in ("edit", "reconstruct"):
         if len(refs) != 1:
             raise PromptError(f"{task} takes exactly one image, {len(refs)} were given; "
-                              f"connect {'one image segment' if not refs else 'only the image to ' + task}")
+                              f"connect {'one image segment' if not refs else 'only the image to ' + task}", "images")
         if used:
             raise PromptError(f"{task} places its image itself; remove the reference "
                               f"{_label(used[0], refs)} from the text")
@@ -217,11 +226,12 @@ def build_task_inputs(prompt: str, refs: list[ImageRef], task: str = "generate",
 
     # fuse
     if not refs:
-        raise PromptError("fuse needs at least one image segment, each named after its object")
+        raise PromptError("fuse needs at least one image segment, each named after its object", "images")
     unnamed = [i for i, r in enumerate(refs) if not r.name]
     if unnamed:
         raise PromptError("fuse writes each image as '<name><image>': give " +
-                          ", ".join(f"[image {i + 1}]" for i in unnamed) + " a name (e.g. 'hat') on its image segment")
+                          ", ".join(f"[image {i + 1}]" for i in unnamed) + " a name (e.g. 'hat') on its image segment",
+                          "names")
     if not has_text and not used:
         raise PromptError("the fuse caption is empty; write the image to generate from the objects")
     caption = "".join(refs[p].name if isinstance(p, int) else p for p in parts)

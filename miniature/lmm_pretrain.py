@@ -27,7 +27,6 @@ config) that ``LMMEncoder.from_folder`` and LoadDreamEngine load unchanged.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from dream_engine_core.encoder import LMMEncoder
 from dream_engine_core.prompt import IMG, ModelInput
+from training.schedule import warmup_cosine
 
 from .shapes_world import COLOURS, SHAPES, SIZES, grounding, random_scene, render
 
@@ -156,8 +156,7 @@ def pretrain_lmm(src: str, dst: str, steps: int = 1500, batch: int = 32, lr: flo
                                  "vit_what": torch.nn.Linear(vit_dim, n_what), "llm_what": torch.nn.Linear(D, n_what)})
     params = list(model.model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(  # 5 % warm-up, then cosine
-        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, steps // 20, overlap=True))  # 5 % warm-up
 
     @torch.no_grad()
     def held_out():

@@ -78,7 +78,8 @@ SCALES = {
 
 IMAGE = 64
 DEMO_PROMPT = "a blue square left of a red circle"   # what `make demo` renders on the miniature
-LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is the word's
+LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is dominated
+                                # by the word itself rather than by the average of the words before it
 LMM_SHORT_SIDE = 112            # 64-px images → 8×8 patches → 16 merged vision tokens each
 
 
@@ -103,10 +104,11 @@ def trainer_cfg(out, manifest, lmm, dit, vae, sc: Scale, **kw):
     logit-normal shifted like ComfyUI's SD3 sampling schedule (shift 3) — large flat
     objects survive a lot of noise, so what the prompt decides (colour, shape, place) is
     decided at σ > 0.8, which the unshifted distribution rarely visits."""
-    from training.train import TrainConfig
+    from dream_engine_core.encoder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+    from training.config import TrainConfig
 
     base = dict(manifest=manifest, lmm=lmm, dit=dit, vae=vae, out=out, resolution=IMAGE, random_crop=False,
-                lmm_short_side=LMM_SHORT_SIDE, lmm_min_pixels=56 * 56, lmm_max_pixels=512 * 28 * 28,
+                lmm_short_side=LMM_SHORT_SIDE, lmm_min_pixels=DEFAULT_MIN_PIXELS, lmm_max_pixels=DEFAULT_MAX_PIXELS,
                 batch=sc.batch, micro_batch=sc.batch, adapter_hidden=256, cache=True, bucket=True, precision="bf16",
                 ckpt_every=0, val_n=16, warmup=0.05, shift=3.0, progress=True, seed=0)
     base.update(kw)

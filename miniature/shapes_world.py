@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
@@ -52,13 +52,6 @@ class Obj:
 @dataclass(frozen=True)
 class Scene:
     objects: tuple
-
-    def to_json(self) -> dict:
-        return {"objects": [asdict(o) for o in self.objects]}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Scene":
-        return cls(tuple(Obj(**o) for o in d["objects"]))
 
 
 def render(scene: Scene, size: int = 64) -> Image.Image:

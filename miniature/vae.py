@@ -15,7 +15,6 @@ zero mean and unit variance — what the DiT's noise schedule assumes.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from model_builders.comfy_formats import new_taesd
+from training.schedule import warmup_cosine
 
 from .shapes_world import random_scene, render
 
@@ -50,8 +50,7 @@ def train_vae(out: str, steps: int = 1500, batch: int = 16, size: int = 64, lr: 
     enc, dec = vae.taesd_encoder, vae.taesd_decoder
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, steps // 20, overlap=True, angle_first=True))
     fixed = shapes_batch(random.Random(seed + 999), eval_n, size)
     history = []
 

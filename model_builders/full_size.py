@@ -17,7 +17,6 @@ stamp file, so later runs reuse it.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -27,9 +26,6 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build", "bench")
 BUILD_VERSION = "1"
-
-_DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
-
 
 def _fill_value(name: str, shape: tuple, gen: torch.Generator, dtype: torch.dtype, std: float) -> torch.Tensor:
     """Norm weights 1, biases 0, everything else N(0, std²)."""
@@ -45,31 +41,15 @@ def _fill_value(name: str, shape: tuple, gen: torch.Generator, dtype: torch.dtyp
 
 def write_random_safetensors(path: str, shapes: dict[str, tuple], dtype=torch.bfloat16, seed: int = 0,
                              std: float = 0.02, metadata: dict | None = None) -> int:
-    """Stream a safetensors file of random tensors; returns bytes written. Peak memory is
-    one tensor (in fp32) at a time."""
-    esize = torch.tensor([], dtype=dtype).element_size()
-    header, off = {}, 0
-    for k, shp in shapes.items():
-        n = 1
-        for s in shp:
-            n *= int(s)
-        header[k] = {"dtype": _DTYPE_NAMES[dtype], "shape": [int(s) for s in shp], "data_offsets": [off, off + n * esize]}
-        off += n * esize
-    if metadata:
-        header["__metadata__"] = {str(a): str(b) for a, b in metadata.items()}
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * ((8 - len(hb) % 8) % 8)
+    """Stream a safetensors file of random tensors (``dream_engine_core.weights.StreamingSafetensors``);
+    returns bytes written. Peak memory is one tensor (in fp32) at a time."""
+    from dream_engine_core.weights import StreamingSafetensors
+
     gen = torch.Generator().manual_seed(seed)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(len(hb).to_bytes(8, "little"))
-        f.write(hb)
+    with StreamingSafetensors(path, [(k, dtype, tuple(shp)) for k, shp in shapes.items()], metadata) as w:
         for k, shp in shapes.items():
-            t = _fill_value(k, tuple(shp), gen, dtype, std).contiguous()
-            f.write(memoryview(t.view(torch.uint8).numpy()))
-            del t
-    os.replace(tmp, path)
-    return 8 + len(hb) + off
+            w.write(k, _fill_value(k, tuple(shp), gen, dtype, std))
+    return w.bytes
 
 
 def _stamp_ok(p: str, key: str) -> bool:

@@ -2,7 +2,7 @@
 
 Everything here is written in the real file formats and loaded back through
 exactly the code path the real Qwen2-VL-2B-Instruct folder takes
-(:func:`dream_engine_core.encoder.load_lmm`). Nothing is downloaded.
+(``dream_engine_core.encoder.LMMEncoder.from_folder``). Nothing is downloaded.
 """
 from __future__ import annotations
 

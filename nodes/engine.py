@@ -19,6 +19,8 @@ from ..dream_engine_core.adapter import POOLINGS
 from ..dream_engine_core.encoder import POSITIONS
 from ..dream_engine_core.prompt import TASKS, build_task_inputs
 from ..dream_engine_core.weights import load_adapter, spec_from_file
+from ..dream_engine_core.fingerprint import check_pair as check_lmm_fingerprint
+from ..dream_engine_core.weights import read_metadata
 from .direct_map import check_adapter_fits, patch_direct_map
 from .models import (ADAPTER_FOLDER, DreamEngineHandle, DreamEngineModule, adapter_files, adapter_path,
                      lmm_folder_path, lmm_folders)
@@ -28,6 +30,7 @@ log = logging.getLogger("dream_engine")
 Engine = io.Custom("DREAM_ENGINE")
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("default", "cpu", "gpu")
+FINGERPRINT_CHECKS = ("enforce", "ignore")
 
 
 def _lmm_hidden_size(folder: str) -> int | None:
@@ -88,6 +91,11 @@ class LoadDreamEngine(io.ComfyNode):
                                tooltip="Where the LMM runs. default: ComfyUI's text-encoder device; cpu; gpu: "
                                        "the main compute device. ComfyUI loads it there for encoding and "
                                        "offloads it before sampling."),
+                io.Combo.Input("fingerprint_check", options=list(FINGERPRINT_CHECKS), default="enforce", optional=True,
+                               tooltip="enforce: refuse an adapter whose recorded LMM fingerprint does not match "
+                                       "the selected LMM folder (it was made with a different LMM). ignore: "
+                                       "skip the check (experts only). Optional, so saved prompts without it "
+                                       "keep working (enforced)."),
             ],
             outputs=[
                 Engine.Output("dream_engine", display_name="DREAM_ENGINE"),
@@ -108,10 +116,19 @@ class LoadDreamEngine(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, lmm, adapter, dtype="default", device="default") -> io.NodeOutput:
+    def execute(cls, model, lmm, adapter, dtype="default", device="default",
+                fingerprint_check="enforce") -> io.NodeOutput:
         folder = lmm_folder_path(lmm)
         check_lmm_folder(folder)
         apath = adapter_path(adapter)
+        # -- adapter <-> LMM fingerprint (dream_engine_core/fingerprint.py) --
+        if fingerprint_check not in FINGERPRINT_CHECKS:
+            raise ValueError(f"fingerprint_check must be one of {FINGERPRINT_CHECKS}, got {fingerprint_check!r}")
+        if fingerprint_check == "enforce":
+            warning = check_lmm_fingerprint(read_metadata(apath), adapter, folder)  # raises on a mismatch
+            if warning:
+                log.warning("Dream Engine: %s", warning)
+        # -- end fingerprint --
         spec = spec_from_file(apath)
         hidden = _lmm_hidden_size(folder)
         if hidden is not None and hidden != spec.lmm_dim:

@@ -50,7 +50,7 @@ NODE_DEFS = {
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
     "ImageScaleBy": ([("image", "IMAGE")], ["upscale_method", "scale_by"], [("IMAGE", "IMAGE")]),
-    "LoadDreamEngine": ([("model", "MODEL")], ["lmm", "adapter", "dtype", "device"],
+    "LoadDreamEngine": ([("model", "MODEL")], ["lmm", "adapter", "dtype", "device", "fingerprint_check"],
                         [("DREAM_ENGINE", "DREAM_ENGINE"), ("MODEL", "MODEL")]),
     "DreamEngineInterleavedConditioning": (
         [("dream_engine", "DREAM_ENGINE"), ("segments", "DREAM_SEGMENTS")],
@@ -63,7 +63,7 @@ NODE_DEFS = {
 }
 # Stored sizes: at least what the frontend computes from the widgets (title bar not included).
 SIZES = {"UNETLoader": [320, 82], "VAELoader": [320, 58], "LoraLoaderModelOnly": [320, 82],
-         "LoadDreamEngine": [350, 150], "LoadImage": [320, 314], "DreamEngineImageSegment": [320, 122],
+         "LoadDreamEngine": [350, 174], "LoadImage": [320, 314], "DreamEngineImageSegment": [320, 122],
          "DreamEngineBlendRatio": [320, 82], "DreamEngineInterleavedConditioning": [420, 300],
          "EmptySD3LatentImage": [300, 106], "KSampler": [340, 262], "VAEDecode": [210, 46],
          "ImageScaleBy": [320, 82], "SaveImage": [400, 400], "MarkdownNote": [400, 330]}
@@ -205,7 +205,8 @@ def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"
     lora = g.add("LoraLoaderModelOnly", (m + 360, CHAIN), {"lora_name": LORA, "strength_model": 1.0},
                  model=(unet, 0))
     eng = g.add("LoadDreamEngine", (m + 720, CHAIN), {"lmm": LMM, "adapter": ADAPTER, "dtype": "default",
-                                                      "device": "default"}, model=(lora, 0))
+                                                      "device": "default", "fingerprint_check": "enforce"},
+                 model=(lora, 0))
     links = {"dream_engine": (eng, 0)}
     if segments is not None:
         links["segments"] = segments

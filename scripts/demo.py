@@ -17,9 +17,10 @@ HTTP API, waits, prints the output path and stops the server. Nothing is
 downloaded.
 
 With ``--models-dir`` the workflow's file names are used as shipped
-(``dream_engine_sd35_large.safetensors``, ``sd3.5_vae.safetensors``,
-``Qwen2-VL-2B-Instruct``, ``dream_engine_direct_map.safetensors``); override
-them with ``--unet``, ``--vae``, ``--lmm``, ``--adapter``.
+(your ``sd3.5_large.safetensors`` with the converter's
+``dream_engine_sd35_large_lora.safetensors``, ``sd3.5_vae.safetensors``, the converter's
+``DreamEngine-Qwen2-VL-2B`` folder and ``dream_engine_direct_map.safetensors``); override
+them with ``--unet``, ``--lora``, ``--vae``, ``--lmm``, ``--adapter``.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--size", type=int, help="image width and height (built-in models: 256 by default)")
     ap.add_argument("--unet")
+    ap.add_argument("--lora", help="the DiT LoRA in models/loras (the release's DiT difference)")
     ap.add_argument("--vae")
     ap.add_argument("--lmm")
     ap.add_argument("--adapter")
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         prompt = host.apply_profile(prompt, mini)
     elif not args.models_dir:
         prompt = host.small_model_profile(prompt, size=args.size)
-    prompt = host.configure(prompt, unet_name=args.unet or None, vae_name=args.vae or None, lmm=args.lmm or None,
+    prompt = host.configure(prompt, unet_name=args.unet or None, lora_name=args.lora or None, vae_name=args.vae or None, lmm=args.lmm or None,
                             adapter=args.adapter or None, text=args.prompt, seed=args.seed,
                             steps=args.steps or None, size=args.size or None)
 

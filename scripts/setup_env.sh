@@ -51,7 +51,7 @@ echo requests >> "$VENV/comfy-requirements.txt"
 echo "$want" > "$STAMP"
 echo "[setup] done"
 
-# --- chromium for the frontend test (tests/test_frontend.py; nodes engineer) ---
+# --- chromium for the frontend test (tests/test_frontend.py) ---
 # Idempotent and best effort: installed only when missing and apt-get can run as root;
 # without it the frontend test is skipped, everything else works.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

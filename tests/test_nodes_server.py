@@ -10,7 +10,7 @@ import pytest
 import comfy_host as host
 
 NODE_INPUTS = {
-    "LoadDreamEngine": ["model", "lmm", "adapter", "dtype", "device"],
+    "LoadDreamEngine": ["model", "lmm", "adapter", "dtype", "device", "fingerprint_check"],
     "DreamEngineInterleavedConditioning": ["dream_engine", "prompt", "task", "padding", "pooling", "positions",
                                            "image_short_side", "min_pixels", "max_pixels", "segments"],
     "DreamEngineImageSegment": ["image", "name", "frame", "segments", "mask"],

@@ -55,7 +55,8 @@ def test_stage_lowers_loss_on_fixed_set(tiny, tmp_path, stage):
     from training.train import Trainer
 
     tr = Trainer(_cfg(tiny, tmp_path / f"s{stage}", stage=stage, steps=16, lr=2e-3, random_crop=False,
-                      cfg_dropout={t: 0.0 for t in ("generate", "reconstruct", "edit", "fuse")})).setup()
+                      cfg_dropout={t: 0.0 for t in ("generate", "reconstruct", "edit", "fuse")},
+                      val_every=16 if stage == 1 else 0, val_steps=2)).setup()
     dit_before = {k: v.clone() for k, v in tr.module.dit.state_dict().items() if "lora_" not in k}
     before = tr.eval_loss()
     losses = tr.train()
@@ -72,6 +73,10 @@ def test_stage_lowers_loss_on_fixed_set(tiny, tmp_path, stage):
             assert torch.equal(v, dit_before[k]), k
     assert os.path.isfile(tmp_path / f"s{stage}" / "adapter.safetensors")
     assert os.path.isfile(tmp_path / f"s{stage}" / "lora.safetensors") == (stage == 2)
+    if stage == 1:  # --val-every: the render and the fixed-set loss of the last step
+        assert os.path.isfile(tmp_path / "s1" / "val" / "step-00000016.png")
+        with open(tmp_path / "s1" / "log.csv") as f:
+            assert abs(float(list(csv.DictReader(f))[-1]["val_loss"]) - after) < 1e-6
 
 
 # ---------------------------------------------------------------- resume after SIGKILL
@@ -86,7 +91,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny, tmp_path):
                                                             micro_batch=2, ckpt_every=2, keep_ckpts=5,
                                                             debug_step_delay=1.5)
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ck = out / "checkpoints" / "step-00000004.safetensors"
+    ck = out / "checkpoints" / "step-00000004" / "state.json"
     t0 = time.time()
     while not ck.exists() and p.poll() is None and time.time() - t0 < 240:
         time.sleep(0.1)
@@ -95,8 +100,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny, tmp_path):
     p.wait()
     p.stderr.close()
     assert not (out / "adapter.safetensors").exists()
-    # no temporary or partial checkpoint is left under a final name
-    assert sorted(x.name for x in (out / "checkpoints").glob("step-*.safetensors"))[-1] >= "step-00000004"
+    # only complete checkpoints carry a final name
+    from training.checkpoint import is_checkpoint
+
+    assert all(is_checkpoint(str(x)) for x in (out / "checkpoints").glob("step-*"))
 
     r = subprocess.run([PY, "-m", "training.train", "--stage", "2", "--resume", "auto"] +
                        _cli(tiny, out, steps=steps, lr=1e-3, ema=0.9, batch=4, micro_batch=2, ckpt_every=2,
@@ -115,6 +122,15 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny, tmp_path):
         a, b = load_file(str(out / name)), load_file(str(tmp_path / "ref" / name))
         assert a.keys() == b.keys()
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    # python -m training.export on the last checkpoint writes the files the run exported
+    r = subprocess.run([PY, "-m", "training.export", "--checkpoint", str(out / "checkpoints" / "step-00000006"),
+                        "--adapter", str(tmp_path / "x_adapter.safetensors"),
+                        "--lora", str(tmp_path / "x_lora.safetensors")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("adapter", "lora"):
+        a, b = load_file(str(tmp_path / f"x_{name}.safetensors")), load_file(str(out / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 # ---------------------------------------------------------------- DDP

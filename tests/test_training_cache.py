@@ -14,6 +14,6 @@ def test_cache_gives_the_same_losses(tiny, tmp_path, blend):  # noqa: F811
                           blend=blend, cache=cache, precision="fp32")).setup()
         runs[cache] = tr.train()
         if cache:
-            assert tr._lmm_cache and tr._latent_cache  # the cache was used
+            assert tr.cache.lmm and tr.cache.latents  # the cache was used
     for a, b in zip(runs[False], runs[True]):
         assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (runs[False], runs[True])

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dream_engine_core.prompt import ImageRef, PromptError, build_task_inputs
+from dream_engine_core.prompt import IMG, ImageRef, PromptError, build_task_inputs, check_ratio
 
 TASK_ALIASES = {"t2i": "generate", "generate": "generate", "reconstruct": "reconstruct",
                 "edit": "edit", "fuse": "fuse"}
@@ -150,28 +150,17 @@ def load_manifest(path: str, check_images: bool = True) -> list[Record]:
                 problems.append((ln, "target", "missing (the image to learn to produce)"))
             target = image(d.get("target"), ln, "target") if "target" in d else None
             paths = [image(p, ln, f"images[{k}]") for k, p in enumerate(imgs)]
-            ratio = d.get("ratio", 0.0)
             try:
-                ratio = float(ratio)
-                if not (0.0 <= ratio <= 1.0):
-                    raise ValueError
-            except (TypeError, ValueError):
-                problems.append((ln, "ratio", f"must be a number in [0, 1], got {d.get('ratio')!r}"))
+                ratio = check_ratio(d.get("ratio", 0.0))
+            except PromptError as e:
+                problems.append((ln, e.field, str(e)))
                 ratio = 0.0
-            if task in ("reconstruct", "edit") and len(imgs) != 1:
-                problems.append((ln, "images", f"task {d['task']!r} needs exactly one image, got {len(imgs)}"))
-            elif task == "edit" and not prompt.strip():
-                problems.append((ln, "prompt", "the edit instruction is empty"))
-            elif task == "generate" and not prompt.strip() and not imgs:
-                problems.append((ln, "prompt", "empty caption"))
             if len(problems) == n_before:
-                refs = [ImageRef(n) for n in names]
-                try:  # the prompt and its image references must form a model input
-                    build_task_inputs("" if task == "reconstruct" else prompt, refs, task, style="training")
+                try:  # the core's prompt rules: the prompt and its images must form a model input
+                    build_task_inputs("" if task == "reconstruct" else prompt, [ImageRef(n) for n in names], task,
+                                      style="training")
                 except PromptError as e:
-                    m = str(e)
-                    fld = "names" if ("a name (e.g." in m or "are named" in m or "reserved" in m) else "prompt"
-                    problems.append((ln, fld, str(e)))
+                    problems.append((ln, e.field, str(e)))
             if len(problems) == n_before:
                 extra = {k: v for k, v in d.items() if k not in ("task", "prompt", "images", "names",
                                                                   "target", "ratio")}
@@ -182,6 +171,18 @@ def load_manifest(path: str, check_images: bool = True) -> list[Record]:
     if not records:
         raise ManifestError(path, [(0, "manifest", "holds no records")])
     return records
+
+
+def bucket_keys(records: list[Record], tokenizer) -> list:
+    """Per record: (text tokens, number of images) of its conditional input — records
+    with equal keys give the DiT equal context lengths (images of one size); ``--bucket``."""
+    keys = []
+    for rec in records:
+        inp = build_task_inputs(rec.prompt, rec.refs(0.0), rec.task, style="training").cond
+        n_text = sum(len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+                     for piece in inp.text.split(IMG) if piece)
+        keys.append((n_text, len(inp.images)))
+    return keys
 
 
 # ---------------------------------------------------------------- randomness

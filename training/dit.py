@@ -25,6 +25,8 @@ import re
 import torch
 from torch import nn
 
+from dream_engine_core.weights import merge_lora
+
 # diffusers target name → (ComfyUI sub-module of a joint block, split part or None)
 DIFFUSERS_TARGETS = {
     "to_q": [("x_block.attn.qkv", "to_q"), ("x_block.attn2.qkv", "to_q")],
@@ -190,10 +192,6 @@ def add_lora(dit, rank: int = 32, alpha: float | None = None, targets=DEFAULT_LO
     return names
 
 
-def lora_parameters(dit):
-    return {n: p for n, p in dit.named_parameters() if "lora_" in n}
-
-
 def _lora_layers(dit):
     from peft.tuners.lora import LoraLayer
 
@@ -210,10 +208,9 @@ def merged_state_dict(dit) -> dict[str, torch.Tensor]:
             continue
         sd[name.replace(".base_layer.", ".")] = t
     for name, mod in _lora_layers(dit):
-        scale = mod.scaling["default"]
-        delta = (mod.lora_B["default"].weight.float() @ mod.lora_A["default"].weight.float()) * scale
         key = name + ".weight"
-        sd[key] = (sd[key].float() + delta.to(sd[key].device)).to(sd[key].dtype)
+        sd[key] = merge_lora(sd[key], mod.lora_A["default"].weight, mod.lora_B["default"].weight,
+                             scale=mod.scaling["default"])
     out = {}
     for name in list(sd):
         m = re.fullmatch(r"(.+\.qkv)\.(to_q|to_k|to_v)\.(weight|bias)", name)
@@ -236,7 +233,6 @@ def merge_diffusers_lora(base_sd: dict, lora_sd: dict, depth: int, strength: flo
     out = {k: v.clone().float() for k, v in base_sd.items()}
     hidden = 64 * depth
     inv = {v: k for k, v in _TO_DIFFUSERS.items()}
-    done = set()
     for key in lora_sd:
         m = re.fullmatch(r"transformer\.transformer_blocks\.(\d+)\.(.+)\.lora_A\.weight", key)
         if not m:
@@ -245,15 +241,14 @@ def merge_diffusers_lora(base_sd: dict, lora_sd: dict, depth: int, strength: flo
         ours = inv[m.group(2)]
         a, b = lora_sd[stem + ".lora_A.weight"].float(), lora_sd[stem + ".lora_B.weight"].float()
         alpha = float(lora_sd.get(stem + ".alpha", torch.tensor(a.shape[0])).item())
-        delta = strength * (alpha / a.shape[0]) * (b @ a)
         part = ours.rsplit(".", 1)
         if part[-1] in _PARTS:
             k = f"joint_blocks.{m.group(1)}.{part[0]}.weight"
             j = _PARTS.index(part[-1])
-            out[k][j * hidden:(j + 1) * hidden] += delta
+            out[k][j * hidden:(j + 1) * hidden] = merge_lora(out[k][j * hidden:(j + 1) * hidden], a, b, alpha, strength)
         else:
-            out[f"joint_blocks.{m.group(1)}.{ours}.weight"] += delta
-        done.add(stem)
+            k = f"joint_blocks.{m.group(1)}.{ours}.weight"
+            out[k] = merge_lora(out[k], a, b, alpha, strength)
     return out
 
 

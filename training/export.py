@@ -1,6 +1,7 @@
 """Export a training run to the files ComfyUI loads.
 
-* adapter → ``dream_engine_core.weights.save_adapter`` (safetensors with the
+* adapter → ``dream_engine_core.weights.save_adapter`` (records the fingerprint of the
+  run's LMM folder when it is present; safetensors with the
   adapter metadata the pack's ``LoadDreamEngine`` node reads);
 * DiT LoRA → diffusers SD3 key form with alpha
   (``transformer.transformer_blocks.N.attn.to_q.lora_A.weight``, ``…lora_B.weight``,
@@ -10,7 +11,7 @@
 
 Every file is written atomically (temporary file + rename).
 
-    python -m training.export --checkpoint runs/stage2/checkpoints/step-00001000.safetensors \\
+    python -m training.export --checkpoint runs/stage2/checkpoints/step-00001000 \\
         --out-dir ComfyUI/models        # writes dream_engine/NAME.safetensors and loras/NAME_lora.safetensors
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from safetensors import safe_open
 from dream_engine_core.adapter import Adapter, AdapterSpec
 from dream_engine_core.weights import atomic_save, save_adapter
 
+from .checkpoint import read_params
 from .dit import _TO_DIFFUSERS
 
 _LORA_PARAM = re.compile(r"(?:dit\.)?joint_blocks\.(\d+)\.(.+)\.lora_([AB])\.default\.weight")
@@ -88,16 +90,8 @@ def full_dit_from_params(base_path: str, params: dict[str, torch.Tensor], out_pa
 
 
 def read_checkpoint(path: str, use_ema: bool = True) -> tuple[dict, dict]:
-    """``(params, state)`` from a trainer checkpoint (EMA weights when present and wanted)."""
-    with safe_open(path, framework="pt") as f:
-        md = f.metadata() or {}
-        if md.get("format") != "dream_engine.train_checkpoint":
-            raise ValueError(f"{path} is not a Dream Engine training checkpoint")
-        keys = list(f.keys())
-        prefix = "ema." if use_ema and any(k.startswith("ema.") for k in keys) else "param."
-        params = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
-    state = json.loads(md["state"])
-    return params, state
+    """``(params, state)`` from a trainer checkpoint folder (EMA weights when present and wanted)."""
+    return read_params(path, use_ema)
 
 
 def export_run(params: dict, cfg: dict, adapter_path: str | None, lora_path: str | None,
@@ -108,7 +102,8 @@ def export_run(params: dict, cfg: dict, adapter_path: str | None, lora_path: str
             "seed": cfg["seed"], "manifest": os.path.basename(cfg["manifest"])}
     out = {}
     if adapter_path:
-        save_adapter(adapter_path, adapter_from_params(params, spec), {"training": info})
+        save_adapter(adapter_path, adapter_from_params(params, spec), {"training": info},
+                     lmm_folder=cfg["lmm"] if os.path.isdir(cfg.get("lmm") or "") else None)
         out["adapter"] = adapter_path
     if lora_path and any("lora_" in k for k in params):
         save_lora(lora_path, params, cfg["lora_rank"], cfg["lora_alpha"] or cfg["lora_rank"], {"training": info})
@@ -121,7 +116,7 @@ def export_run(params: dict, cfg: dict, adapter_path: str | None, lora_path: str
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a trainer checkpoint (checkpoints/step-*.safetensors)")
+    ap.add_argument("--checkpoint", required=True, help="a trainer checkpoint folder (OUT/checkpoints/step-NNNNNNNN)")
     ap.add_argument("--adapter", help="adapter output path")
     ap.add_argument("--lora", help="LoRA output path (stage 2)")
     ap.add_argument("--dit", help="full DiT output path (--train-dit full runs)")
@@ -129,7 +124,10 @@ def main(argv=None):
     ap.add_argument("--name", default="dream_engine_trained")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights even if the run kept an EMA")
     a = ap.parse_args(argv)
-    params, state = read_checkpoint(a.checkpoint, use_ema=not a.no_ema)
+    try:
+        params, state = read_checkpoint(a.checkpoint, use_ema=not a.no_ema)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     if a.out_dir:
         a.adapter = a.adapter or os.path.join(a.out_dir, "dream_engine", f"{a.name}.safetensors")
         a.lora = a.lora or os.path.join(a.out_dir, "loras", f"{a.name}_lora.safetensors")
