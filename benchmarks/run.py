@@ -39,7 +39,7 @@ SHAPES_FULL = [
 ]
 SHAPES_TINY = [["tiny", 64, 64, 128]]
 
-ALL_FIGURES = (1, 2, 3, 4, 5, 6, 7)
+ALL_FIGURES = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 class Bench:
@@ -254,6 +254,15 @@ class Bench:
         r["met"] = r["ratio"] <= 1.2
         return r
 
+    def fig8(self):
+        r = self.worker("de_cancel", **self.de_args(), n_images=10, repeats=self.reps(2, 1),
+                        fractions=[0.25, 0.5, 0.75] if not self.quick else [0.5])
+        hooked = r["cancel_latency_s"]["hooked"]
+        r.update({"figure": 8, "title": "cancel latency on a 10-image prompt; cost of the interrupt hooks",
+                  "target": "cancel <= 0.5 s; hook cost < 1 %"})
+        r["met"] = bool(hooked) and hooked["max"] <= 0.5 and r["hook_cost"] < 0.01
+        return r
+
     def reuse(self, f):
         tag = self.size + ("-quick" if self.quick else "")
         for name in (f"{tag}-fig{f}.json.tmp", f"{tag}-fig{f}.json"):
@@ -408,6 +417,16 @@ def table_rows(figs) -> list:
         elif n == 7:
             L.append(f"| 7 | stage-2 step {f['step_s']:.3f} s vs bare fwd+bwd {f['bare_s']:.3f} s; "
                      f"{f.get('samples_per_s', 0):.2f} samples/s with data loading | {f['ratio']:.2f}× | ≤ 1.2× | "
+                     f"{_met(f['met'])} |")
+        elif n == 8:
+            h, s = f["cancel_latency_s"]["hooked"], f["cancel_latency_s"]["stages_only"]
+            enc = f["encode_s"]
+            L.append(f"| 8 | cancel on a {f['n_images']}-image prompt ({f['cond_tokens']}+{f['uncond_tokens']} "
+                     f"tokens, encode {enc['median']:.2f} s): latency max "
+                     + (f"{h['max']:.3f} s (median {h['median']:.3f} s)" if h else "n/a")
+                     + f" with checks at {f['hook_points']} layers/blocks vs "
+                     + (f"{s['max']:.3f} s" if s else "n/a") + " between stages only; hook cost "
+                     f"{f['checks_per_encode']} checks × {f['check_s'] * 1e6:.1f} µs = {f['hook_cost']:.3%} | " + (f"{h['max']:.3f} s" if h else "n/a") + " | ≤ 0.5 s, < 1 % | "
                      f"{_met(f['met'])} |")
     return L
 

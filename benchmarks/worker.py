@@ -242,6 +242,112 @@ def case_de_encode(args: dict) -> dict:
     return res
 
 
+def case_de_cancel(args: dict) -> dict:
+    """Cancel latency on a 10-image prompt and the cost of the interrupt hooks.
+
+    The check is ComfyUI's: a flag read under a lock, raising when set. A timer thread
+    sets the flag at fractions of one encode's duration; latency is the time from
+    setting it to the encode raising. Measured with the hooks between layers and
+    blocks (dream_engine_core/interrupt.py) and with checks between stages only (the
+    hooks disabled), and the encode time with and without the hooks (flag never set).
+    """
+    import threading
+
+    import dream_engine_core.engine as E
+    from dream_engine_core.engine import EncodeOptions
+
+    torch.manual_seed(0)
+    eng, load_s = _engine(args)
+    n = int(args.get("n_images", 10))
+    args = dict(args, prompt=f"images{n}")
+    prompt, images = _prompt_and_images(eng, args)
+    opts = EncodeOptions(**args.get("options", {}))
+    lock, flag = threading.Lock(), {"set": False}
+
+    class Interrupted(Exception):
+        pass
+
+    def check():  # what comfy.model_management.throw_exception_if_processing_interrupted does
+        with lock:
+            if flag["set"]:
+                flag["set"] = False
+                raise Interrupted
+
+    hooked_points = E.interrupt_points
+
+    @__import__("contextlib").contextmanager
+    def no_points(model, check):
+        yield
+
+    def encode():
+        return eng.encode(prompt, images, options=opts, check_interrupt=check)
+
+    res = {"load_s": load_s, "n_images": n, "threads": torch.get_num_threads()}
+    calls = [0]
+
+    def counted():
+        calls[0] += 1
+        check()
+
+    pos, neg = eng.encode(prompt, images, options=opts, check_interrupt=counted)  # warm-up, counts the checks
+    res["cond_tokens"], res["uncond_tokens"] = int(pos.tokens.shape[1]), int(neg.tokens.shape[1])
+    res["hook_points"] = len(__import__("dream_engine_core.interrupt", fromlist=["x"]).interrupt_modules(
+        eng.encoder.model))
+    res["checks_per_encode"] = calls[0]
+    times = []
+    for _ in range(int(args.get("repeats", 2))):
+        t = time.perf_counter()
+        encode()
+        times.append(time.perf_counter() - t)
+    res["encode_s"] = stats(times)
+    # The hooks' cost, measured directly (an A/B of whole encodes drowns it in noise):
+    # one check through a registered pre-hook, times the checks of one encode.
+    probe = torch.nn.Identity()
+    x = torch.zeros(1)
+    k = 20000
+    h = probe.register_forward_pre_hook(lambda _m, _a: check())
+    t = time.perf_counter()
+    for _ in range(k):
+        probe(x)
+    with_hook = (time.perf_counter() - t) / k
+    h.remove()
+    t = time.perf_counter()
+    for _ in range(k):
+        probe(x)
+    bare = (time.perf_counter() - t) / k
+    res["check_s"] = with_hook - bare
+    res["hook_cost"] = res["check_s"] * calls[0] / res["encode_s"]["median"]
+    duration = res["encode_s"]["median"]
+    fractions = args.get("fractions", [0.25, 0.5, 0.75])
+    lat = {"hooked": [], "stages_only": []}
+    for mode, points in (("hooked", hooked_points), ("stages_only", no_points)):
+        E.interrupt_points = points
+        for f in fractions:
+            flag["set"] = False
+            when = {}
+
+            def fire():
+                with lock:
+                    flag["set"] = True
+                when["t"] = time.perf_counter()
+
+            timer = threading.Timer(f * duration, fire)
+            timer.start()
+            try:
+                encode()
+                done = None  # finished before the flag was read
+            except Interrupted:
+                done = time.perf_counter()
+            timer.join()
+            flag["set"] = False
+            if done is not None and "t" in when:
+                lat[mode].append(done - when["t"])
+    E.interrupt_points = hooked_points
+    res["cancel_latency_s"] = {k: stats(v) if v else None for k, v in lat.items()}
+    res["peak_rss"] = peak_rss()
+    return res
+
+
 def case_de_scaling(args: dict) -> dict:
     """Encode time against the number of images and against max_pixels (one process)."""
     from dream_engine_core.engine import EncodeOptions

@@ -91,10 +91,6 @@ class Adapter(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pooling: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden [B, L, lmm_dim]`` → ``(tokens [B, L, token_dim], pooled [B, pooled_dim])``."""
-        if hidden.shape[-1] != self.spec.lmm_dim:
-            raise ValueError(
-                f"the adapter expects {self.spec.lmm_dim}-d LMM states (made for {self.spec.lmm}), "
-                f"but the LMM gives {hidden.shape[-1]}-d states: load the adapter trained for this LMM")
         tokens = self.input_embeds_align_mlp(hidden)
         pooled = self.condition_embeds_align_mlp(pool_tokens(hidden, attention_mask, pooling))
         return tokens, pooled

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DreamEngineError
 from .prompt import IMG, ModelInput
+from .weights import check_lmm_weights
 
 REQUIRED_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -43,11 +45,11 @@ DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 512 * 28 * 28
 
 
-class LMMFolderError(FileNotFoundError):
+class LMMFolderError(DreamEngineError, FileNotFoundError):
     """The LMM folder is missing, incomplete or holds another model."""
 
 
-class ImageInputError(ValueError):
+class ImageInputError(DreamEngineError, ValueError):
     """An image cannot be encoded (empty, wrong channel count, NaN …)."""
 
 
@@ -172,6 +174,7 @@ class LMMEncoder:
         from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
         check_lmm_folder(folder)
+        check_lmm_weights(folder)  # every shard, before transformers opens it
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         model = Qwen2VLForConditionalGeneration.from_pretrained(
             folder, local_files_only=True, dtype=dtype, use_safetensors=True,

@@ -10,6 +10,7 @@ different lengths are sampled exactly (no padding, no repetition).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,8 +19,9 @@ import torch
 from .adapter import Adapter, POOLINGS
 from .encoder import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE, EncodedStates,
                       LMMEncoder, to_pil)
+from .interrupt import interrupt_points
 from .prompt import ImageRef, TaskInputs, build_task_inputs
-from .weights import load_adapter
+from .weights import check_adapter_lmm, load_adapter
 
 PADDINGS = ("natural", "reference")
 REFERENCE_LENGTH = 77
@@ -82,19 +84,16 @@ def reference_padding(task: str, cond_len: int, cond_has_images: bool) -> tuple[
 class DreamEngine:
     """An LMM encoder plus an adapter. Holds no per-prompt state."""
 
-    def __init__(self, encoder: LMMEncoder, adapter: Adapter):
-        if adapter.spec.lmm_dim != encoder.hidden_size:
-            raise ValueError(f"the adapter expects {adapter.spec.lmm_dim}-d LMM states (made for "
-                             f"{adapter.spec.lmm}) but the LMM has hidden size {encoder.hidden_size}; "
-                             f"load the adapter that matches this LMM")
+    def __init__(self, encoder: LMMEncoder, adapter: Adapter, adapter_name: str = "the adapter"):
+        check_adapter_lmm(adapter.spec, encoder.hidden_size, adapter_name)
         self.encoder = encoder
         self.adapter = adapter
 
     @classmethod
     def load(cls, lmm_folder: str, adapter_path: str, dtype=torch.float32, device="cpu") -> "DreamEngine":
+        adapter = load_adapter(adapter_path, dtype=dtype, device=device)
         encoder = LMMEncoder.from_folder(lmm_folder, dtype=dtype, device=device)
-        adapter = load_adapter(adapter_path, lmm_dim=encoder.hidden_size, dtype=dtype, device=device)
-        return cls(encoder, adapter)
+        return cls(encoder, adapter, os.path.basename(adapter_path))
 
     @property
     def map_kind(self) -> str:
@@ -116,7 +115,8 @@ class DreamEngine:
         ``images``: PIL images or ``[H, W, 3]`` tensors in [0, 1]; ``refs``: the name and
         blend ratio of each image (defaults: unnamed, r = 0). Everything is validated
         before any model runs. ``progress(done, total)`` is called after each stage and
-        ``check_interrupt()`` before each; it may raise to stop.
+        ``check_interrupt()`` before each stage and before every language-model layer and
+        vision-tower block (:func:`~.interrupt.interrupt_points`); it may raise to stop.
         """
         opts = options or EncodeOptions()
         images = list(images or [])
@@ -139,6 +139,11 @@ class DreamEngine:
             if check_interrupt:
                 check_interrupt()
 
+        enc = self.encoder
+        with interrupt_points(enc.model, check_interrupt):
+            return self._encode_stages(ti, images, opts, task, step, interrupt)
+
+    def _encode_stages(self, ti: TaskInputs, images: list, opts: EncodeOptions, task: str, step, interrupt):
         enc = self.encoder
         interrupt()
         prep = enc.prepare_images(images, opts.short_side, opts.min_pixels, opts.max_pixels)

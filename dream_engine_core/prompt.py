@@ -43,6 +43,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .errors import DreamEngineError
+
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 TASKS = ("generate", "edit", "fuse", "reconstruct")
 
@@ -50,7 +52,7 @@ _REF = re.compile(r"\[\[|\]\]|\[([^\[\]]*)\]|[\[\]]")
 _IMAGE_N = re.compile(r"^\s*image\s*(\d+)\s*$", re.IGNORECASE)
 
 
-class PromptError(ValueError):
+class PromptError(DreamEngineError, ValueError):
     """The prompt or its images cannot form a model input; the message says how to fix it.
 
     ``field`` names the input at fault: ``"prompt"``, ``"names"`` (the images' names),

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .adapter import Adapter, AdapterSpec
+from .errors import DreamEngineError
 
 FORMAT_NAME = "dream_engine.adapter"
 FORMAT_VERSION = "1"
@@ -22,23 +23,94 @@ CONVERT_HINT = ("convert it with `python -m tools.convert_official` (the release
                 "or re-export it with the pack's trainers")
 
 
-class WeightsError(ValueError):
+class WeightsError(DreamEngineError, ValueError):
     """A weight file is missing, not safetensors, or does not match what is expected."""
 
 
-def check_safetensors(path: str) -> None:
-    """Raise :class:`WeightsError` unless ``path`` is an existing safetensors file."""
+REDOWNLOAD_HINT = "re-download the file (or re-export it with the tool that wrote it)"
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
+    """The one check of a safetensors file before anything opens it; returns its header.
+
+    Raises :class:`WeightsError` naming the file, what is wrong and ``fix`` when the
+    file is missing, is not safetensors (e.g. a pickle under a ``.safetensors``
+    name), has an unreadable header, or is truncated or padded (every tensor's data
+    offsets must lie inside the file and cover its data exactly, as safetensors
+    requires). Reads only the header.
+    """
     if not os.path.isfile(path):
         raise WeightsError(f"weight file not found: {path}")
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
-        if len(head) == 8:
-            n = struct.unpack("<Q", head)[0]
-            first = f.read(1)
-        else:
-            n, first = 0, b""
-    if len(head) < 8 or n <= 0 or n > 100 * 2**20 or first != b"{" or os.path.getsize(path) < 8 + n:
-        raise WeightsError(f"{path} is not a safetensors file (pickled weights are never opened here); {CONVERT_HINT}")
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        first = f.read(1)
+        if len(head) < 8 or n < 2 or n > _MAX_HEADER or first != b"{":
+            raise WeightsError(f"{path} is not a safetensors file: pickled weights (.bin, .pt, .ckpt) are never "
+                               f"opened here, {CONVERT_HINT}; if it should be safetensors, {fix}")
+        if size < 8 + n:
+            raise WeightsError(f"{path} is truncated: expected at least {8 + n} bytes (its header alone), "
+                               f"found {size}; {fix}")
+        raw = first + f.read(n - 1)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            b, e = (int(x) for x in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+            if not 0 <= b <= e or any(d < 0 for d in shape):
+                raise ValueError(f"tensor {name!r} has offsets {[b, e]} and shape {shape}")
+            item = _DTYPE_BYTES.get(str(info["dtype"]))
+            numel = 1
+            for d in shape:
+                numel *= d
+            if item is not None and e - b != numel * item:
+                raise ValueError(f"tensor {name!r} ({info['dtype']} {shape}) needs {numel * item} bytes, "
+                                 f"its offsets give {e - b}")
+            end = max(end, e)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{path}: the safetensors header is unreadable ({err}); {fix}") from None
+    expected = 8 + n + end
+    if size < expected:
+        raise WeightsError(f"{path} is truncated: expected {expected} bytes, found {size}; {fix}")
+    if size > expected:
+        raise WeightsError(f"{path} is corrupt: its header describes {expected} bytes, but the file has {size} "
+                           f"(data appended or the header damaged); {fix}")
+    return header
+
+
+def check_adapter_lmm(spec: AdapterSpec, lmm_hidden: int, adapter: str) -> None:
+    """The adapter ↔ LMM width check (one owner): ``adapter`` names the adapter."""
+    if spec.lmm_dim != lmm_hidden:
+        raise WeightsError(f"adapter {adapter} expects {spec.lmm_dim}-d LMM states (made for {spec.lmm}), "
+                           f"but the loaded LMM has hidden size {lmm_hidden}: pick the adapter that matches "
+                           f"the LMM (Qwen2-VL-2B-Instruct: 1536)")
+
+
+def check_lmm_weights(folder: str) -> None:
+    """:func:`check_safetensors` on every weight file of an HF-format LMM folder
+    (``model.safetensors``, or each shard its ``model.safetensors.index.json`` names),
+    before transformers opens them."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise WeightsError(f"{index} is unreadable ({err}); {REDOWNLOAD_HINT}") from None
+    else:
+        shards = ["model.safetensors"]
+    fix = "re-download the LMM folder (or re-export it with the tool that wrote it)"
+    for s in shards:
+        check_safetensors(os.path.join(folder, s), fix)
 
 
 def _usual_permissions(path: str) -> None:
@@ -240,13 +312,11 @@ def check_state_dict(sd_shapes: dict[str, tuple], expected: dict[str, tuple], wh
 
 def load_adapter(path: str, lmm_dim: int | None = None, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> Adapter:
-    """Load and validate an adapter. ``lmm_dim``: the hidden width of the LMM it will
-    run on; a mismatch is an error that says which LMM the adapter was made for."""
+    """Load and validate an adapter (its spec is ``.spec``). ``lmm_dim``: the hidden
+    width of the LMM it will run on, checked by :func:`check_adapter_lmm`."""
     spec = spec_from_file(path)
-    if lmm_dim is not None and spec.lmm_dim != lmm_dim:
-        raise WeightsError(f"adapter {os.path.basename(path)} expects {spec.lmm_dim}-d LMM states "
-                           f"(made for {spec.lmm}), but the loaded LMM has hidden size {lmm_dim}: "
-                           f"pick the adapter that matches the LMM")
+    if lmm_dim is not None:
+        check_adapter_lmm(spec, lmm_dim, os.path.basename(path))
     with safe_open(path, framework="pt", device="cpu") as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}
     check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, spec.expected_shapes(),

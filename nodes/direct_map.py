@@ -1,4 +1,4 @@
-"""The direct-map MODEL patch (DESIGN.md §2) and the adapter ↔ DiT width checks.
+"""The direct-map MODEL patch, its wiring checks and the adapter ↔ DiT width checks.
 
 ComfyUI's MMDiT computes ``c = t_embedder(t) + y_embedder(y)`` and
 ``context = context_embedder(context)``. A direct-map adapter already outputs the
@@ -6,11 +6,29 @@ DiT's hidden width, so on a *clone* of the MODEL both embedders are replaced by
 identity through ``ModelPatcher`` object patches (never an in-place edit of the
 shared model): the adapter's tokens enter the joint blocks as they are and its
 vector is added to the timestep embedding, as in the released model.
+
+Wiring checks, inside ComfyUI's own sampling path (ComfyUI is not patched):
+
+* direct-map CONDITIONING carries a marker in its ``model_conds``
+  (:data:`MARKER`: a ``CONDConstant``). ComfyUI hands every ``model_conds`` entry to
+  the model's ``apply_model`` as a keyword argument;
+* the patched clone has an ``APPLY_MODEL`` wrapper (:func:`_direct_map_wrapper`)
+  that removes the marker before the model runs, and refuses conditioning without
+  it (ordinary SD3.5 conditioning, e.g. from CLIPTextEncode) with a clear error;
+* an unpatched SD3 MODEL has no such wrapper, so the marker reaches
+  ComfyUI's ``BaseModel._apply_model``, which asks every extra value for
+  its ``dtype``: the marker's answer is the error "connect Load Dream Engine's MODEL
+  output to the sampler", raised before the DiT sees a token of the wrong width.
 """
 from __future__ import annotations
 
+import comfy.conds
+import comfy.patcher_extension
 import torch
 
+from ..dream_engine_core.errors import DreamEngineError
+
+MARKER = "dream_engine_direct_map"
 PATCH_KEYS = ("diffusion_model.context_embedder", "diffusion_model.y_embedder")
 
 
@@ -76,8 +94,67 @@ def check_adapter_fits(spec, model, adapter_name: str) -> None:
 
 
 def patch_direct_map(model):
-    """A clone of ``model`` whose context and pooled embedders are identity."""
+    """A clone of ``model`` whose context and pooled embedders are identity, with the
+    wrapper that checks the conditioning it samples (see the module docstring)."""
     m = model.clone()
     for key in PATCH_KEYS:
         m.add_object_patch(key, DreamEngineIdentity())
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARKER)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARKER, _direct_map_wrapper)
     return m
+
+
+class WiringError(DreamEngineError, ValueError):
+    """A sampler was wired with a MODEL and CONDITIONING that do not belong together."""
+
+
+UNPATCHED_MODEL = ("Dream Engine direct-map conditioning reached an SD3.5 MODEL whose text embedders are not "
+                   "bypassed: connect Load Dream Engine's MODEL output to the sampler (not the MODEL that goes "
+                   "into Load Dream Engine)")
+
+
+class _DirectMapTag:
+    """The marker's value. An unpatched model asks it for its ``dtype`` (see the module
+    docstring); the answer is the wiring error."""
+
+    @property
+    def dtype(self):
+        raise WiringError(UNPATCHED_MODEL)
+
+    def __eq__(self, other):
+        return isinstance(other, _DirectMapTag)
+
+    def __hash__(self):
+        return hash(_DirectMapTag)
+
+    def __repr__(self):
+        return "DreamEngineDirectMap"
+
+
+class DirectMapMarker(comfy.conds.CONDConstant):
+    """The ``model_conds`` entry that marks direct-map conditioning."""
+
+    def __init__(self, cond=None):
+        super().__init__(cond if isinstance(cond, _DirectMapTag) else _DirectMapTag())
+
+
+def mark_direct_map(cond: dict) -> dict:
+    """The conditioning dict with the direct-map marker added to its ``model_conds``."""
+    out = dict(cond)
+    out["model_conds"] = dict(out.get("model_conds") or {}, **{MARKER: DirectMapMarker()})
+    return out
+
+
+def _direct_map_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                        **kwargs):
+    """``APPLY_MODEL`` wrapper of the patched clone: takes the marker off, or refuses
+    conditioning that has none."""
+    if kwargs.pop(MARKER, None) is None:
+        width = None if c_crossattn is None else int(c_crossattn.shape[-1])
+        raise WiringError(
+            f"this MODEL is Load Dream Engine's MODEL output, patched for a direct-map adapter, and samples only "
+            f"conditioning from Dream Engine Interleaved Conditioning; it received other conditioning "
+            f"({width}-d tokens, e.g. from CLIPTextEncode). Connect Dream Engine Interleaved Conditioning's "
+            f"positive and negative to the sampler, or sample ordinary SD3.5 conditioning with the MODEL that "
+            f"goes into Load Dream Engine")
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

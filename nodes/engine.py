@@ -1,9 +1,7 @@
 """LoadDreamEngine and InterleavedConditioning."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 
 import comfy.model_management as mm
@@ -18,11 +16,10 @@ from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS
 from ..dream_engine_core.adapter import POOLINGS
 from ..dream_engine_core.encoder import POSITIONS
 from ..dream_engine_core.prompt import TASKS, build_task_inputs
-from ..dream_engine_core.weights import load_adapter, spec_from_file
 from ..dream_engine_core.fingerprint import check_pair as check_lmm_fingerprint
-from ..dream_engine_core.weights import read_metadata
-from .direct_map import check_adapter_fits, patch_direct_map
-from .models import (ADAPTER_FOLDER, DreamEngineHandle, DreamEngineModule, adapter_files, adapter_path,
+from ..dream_engine_core.weights import load_adapter, read_metadata
+from .direct_map import check_adapter_fits, mark_direct_map, patch_direct_map
+from .models import (DreamEngineHandle, DreamEngineModule, adapter_files, adapter_path,
                      lmm_folder_path, lmm_folders)
 from .segments import CATEGORY, Segments
 
@@ -31,16 +28,6 @@ Engine = io.Custom("DREAM_ENGINE")
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("default", "cpu", "gpu")
 FINGERPRINT_CHECKS = ("enforce", "ignore")
-
-
-def _lmm_hidden_size(folder: str) -> int | None:
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
-        return None
-    h = (cfg.get("text_config") or {}).get("hidden_size") or cfg.get("hidden_size")
-    return int(h) if h else None
 
 
 def _devices(device: str):
@@ -105,12 +92,15 @@ class LoadDreamEngine(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lmm, adapter):
-        # Our own checks replace ComfyUI's "value not in list" so that a missing model
-        # names the folder and the files expected.
+    def validate_inputs(cls, lmm):
+        # Only ``lmm``: ComfyUI attaches the returned message to every input this function
+        # names. It replaces ComfyUI's "value not in list" for ``lmm`` so that a missing or
+        # incomplete folder names the folder and the files expected (and no name leaves the
+        # LLM folders: lmm_folder_path). ``adapter`` keeps ComfyUI's own list check on hosts
+        # that check V3 combo values; where the host does not (0.3.75), execute refuses it
+        # (adapter_path).
         try:
             check_lmm_folder(lmm_folder_path(lmm))
-            adapter_path(adapter)
         except Exception as e:  # noqa: BLE001 - reported to the user as the validation message
             return str(e)
         return True
@@ -119,7 +109,6 @@ class LoadDreamEngine(io.ComfyNode):
     def execute(cls, model, lmm, adapter, dtype="default", device="default",
                 fingerprint_check="enforce") -> io.NodeOutput:
         folder = lmm_folder_path(lmm)
-        check_lmm_folder(folder)
         apath = adapter_path(adapter)
         # -- adapter <-> LMM fingerprint (dream_engine_core/fingerprint.py) --
         if fingerprint_check not in FINGERPRINT_CHECKS:
@@ -129,19 +118,14 @@ class LoadDreamEngine(io.ComfyNode):
             if warning:
                 log.warning("Dream Engine: %s", warning)
         # -- end fingerprint --
-        spec = spec_from_file(apath)
-        hidden = _lmm_hidden_size(folder)
-        if hidden is not None and hidden != spec.lmm_dim:
-            raise ValueError(f"adapter {adapter!r} expects {spec.lmm_dim}-d LMM states (made for {spec.lmm}), "
-                             f"but the LMM folder {folder} has hidden size {hidden}; pick the adapter that "
-                             f"matches this LMM (Qwen2-VL-2B-Instruct: 1536)")
-        check_adapter_fits(spec, model, adapter)
         load_device, offload_device = _devices(device)
         dt = _dtype(dtype, load_device)
         t0 = time.perf_counter()
-        adapter_mod = load_adapter(apath, lmm_dim=spec.lmm_dim, dtype=dt, device=offload_device)
+        adapter_mod = load_adapter(apath, dtype=dt, device=offload_device)
+        spec = adapter_mod.spec
+        check_adapter_fits(spec, model, adapter)  # before the LMM loads
         encoder = LMMEncoder.from_folder(folder, dtype=dt, device=offload_device)
-        engine = DreamEngine(encoder, adapter_mod)
+        engine = DreamEngine(encoder, adapter_mod, repr(adapter))
         patcher = comfy.model_patcher.ModelPatcher(DreamEngineModule(encoder.model, adapter_mod),
                                                    load_device=load_device, offload_device=offload_device)
         handle = DreamEngineHandle(engine, patcher, lmm, adapter)
@@ -152,8 +136,11 @@ class LoadDreamEngine(io.ComfyNode):
 
 
 def to_conditioning(c) -> list:
+    """ComfyUI CONDITIONING; direct-map conditioning carries the marker that the
+    sampler's MODEL checks (nodes/direct_map.py)."""
     dev = mm.intermediate_device()
-    return [[c.tokens.detach().float().to(dev), {"pooled_output": c.pooled.detach().float().to(dev)}]]
+    d = {"pooled_output": c.pooled.detach().float().to(dev)}
+    return [[c.tokens.detach().float().to(dev), mark_direct_map(d) if c.map_kind == "direct" else d]]
 
 
 class InterleavedConditioning(io.ComfyNode):

@@ -15,6 +15,8 @@ import os
 import folder_paths
 import torch
 
+from ..dream_engine_core.errors import DreamEngineError
+
 LMM_FOLDER = "LLM"
 ADAPTER_FOLDER = "dream_engine"
 
@@ -53,16 +55,51 @@ def lmm_folders() -> list[str]:
     return sorted(out)
 
 
+class ModelNameError(DreamEngineError, FileNotFoundError):
+    """A model name that is not one of the files or folders listed for its input."""
+
+
+LMM_FILES_HINT = ("put the HF-format Qwen2-VL-2B-Instruct folder there (config.json, preprocessor_config.json, "
+                  "tokenizer_config.json, tokenizer.json, model.safetensors or its shards with "
+                  "model.safetensors.index.json)")
+
+
+def _is_path_like(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return (not name or os.path.isabs(name) or "\\" in name or "\x00" in name or ".." in parts
+            or "." in parts or "" in parts or "%" in name)
+
+
+def _inside(base: str, path: str) -> bool:
+    """``path`` lies lexically inside ``base`` (symlinks inside are not resolved: see
+    :func:`lmm_folder_path`)."""
+    base, path = os.path.normpath(os.path.abspath(base)), os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([base, path]) == base and path != base
+
+
 def lmm_folder_path(name: str) -> str:
+    """The folder of an LMM name, confined to the registered ``LLM`` folders.
+
+    The rule: a name is valid only if it is one of :func:`lmm_folders` — a folder
+    listed directly in (or one level below) a registered ``LLM`` folder. Names are
+    folder names, never paths: absolute paths, ``..`` or ``.`` components, empty
+    components, backslashes and ``%`` escapes are refused before any look-up, and the
+    joined path must lie inside the registered folder. A registered folder that is
+    itself a symlink, and a model folder inside it that is a symlink (a user's own
+    link to where the weights live), are followed: links inside the model folders
+    are placed by whoever owns the machine, which a prompt cannot do.
+    """
     bases = folder_paths.get_folder_paths(LMM_FOLDER)
-    for base in bases:
-        p = os.path.join(base, *name.split("/"))
-        if os.path.isdir(p):
-            return p
-    raise FileNotFoundError(
-        f"LMM folder {name!r} not found in the LLM model folder(s) {bases}; put the HF-format "
-        f"Qwen2-VL-2B-Instruct folder there (config.json, preprocessor_config.json, tokenizer_config.json, "
-        f"tokenizer.json, model.safetensors or its shards with model.safetensors.index.json)")
+    if not isinstance(name, str) or _is_path_like(name):
+        raise ModelNameError(f"LMM name {name!r} is not a folder name: names are folders inside the LLM model "
+                             f"folder(s) {bases} (no absolute paths, '..', backslashes or % escapes); pick one "
+                             f"from the list")
+    if name in lmm_folders():
+        for base in bases:
+            p = os.path.join(base, *name.split("/"))
+            if _inside(base, p) and os.path.isdir(p):
+                return p
+    raise ModelNameError(f"LMM folder {name!r} not found in the LLM model folder(s) {bases}; {LMM_FILES_HINT}")
 
 
 def adapter_files() -> list[str]:
@@ -70,11 +107,13 @@ def adapter_files() -> list[str]:
 
 
 def adapter_path(name: str) -> str:
-    p = folder_paths.get_full_path(ADAPTER_FOLDER, name)
-    if p is None:
-        raise FileNotFoundError(
-            f"adapter {name!r} not found in the dream_engine model folder(s) "
-            f"{folder_paths.get_folder_paths(ADAPTER_FOLDER)}; put the adapter .safetensors file there")
+    """The file of an adapter name: one of :func:`adapter_files` (ComfyUI's listing of
+    the ``dream_engine`` folders), so that no name leaves them."""
+    bases = folder_paths.get_folder_paths(ADAPTER_FOLDER)
+    p = folder_paths.get_full_path(ADAPTER_FOLDER, name) if name in adapter_files() else None
+    if p is None or not any(_inside(b, p) for b in bases):
+        raise ModelNameError(f"adapter {name!r} not found in the dream_engine model folder(s) {bases}; "
+                             f"put the adapter .safetensors file there and pick it from the list")
     return p
 
 

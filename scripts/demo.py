@@ -91,7 +91,8 @@ def main(argv=None) -> int:
         prompt = host.apply_profile(prompt, mini)
     elif not args.models_dir:
         prompt = host.small_model_profile(prompt, size=args.size)
-    prompt = host.configure(prompt, unet_name=args.unet or None, lora_name=args.lora or None, vae_name=args.vae or None, lmm=args.lmm or None,
+    prompt = host.configure(prompt, unet_name=args.unet or None, lora_name=args.lora or None,
+                            vae_name=args.vae or None, lmm=args.lmm or None,
                             adapter=args.adapter or None, text=args.prompt, seed=args.seed,
                             steps=args.steps or None, size=args.size or None)
 

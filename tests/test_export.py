@@ -175,8 +175,9 @@ def test_exported_files_load_and_sample_like_hand_merged_reference(run):
                                        disable_pbar=True)
 
     out = sample(lora_model, cond_pos, cond_neg)
-    untrained = sample(patched_untrained, [[untrained_pos[0], {"pooled_output": untrained_pos[1]}]],
-                       [[untrained_neg[0], {"pooled_output": untrained_neg[1]}]])
+    mark = pack_module("nodes.direct_map").mark_direct_map  # direct-map conditioning, as the node makes it
+    untrained = sample(patched_untrained, [[untrained_pos[0], mark({"pooled_output": untrained_pos[1]})]],
+                       [[untrained_neg[0], mark({"pooled_output": untrained_neg[1]})]])
     without_lora = sample(patched, cond_pos, cond_neg)
 
     sigmas = comfy.samplers.calculate_sigmas(lora_model.get_model_object("model_sampling"), "simple", steps)

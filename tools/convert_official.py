@@ -107,6 +107,9 @@ class ShardReader:
             if _is_safetensors(path):
                 from safetensors import safe_open
 
+                from dream_engine_core.weights import check_safetensors
+
+                check_safetensors(path)
                 self.obj = safe_open(path, framework="pt")
             else:
                 ShardReader.loads += 1

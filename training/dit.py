@@ -25,7 +25,7 @@ import re
 import torch
 from torch import nn
 
-from dream_engine_core.weights import merge_lora
+from dream_engine_core.weights import check_safetensors, merge_lora
 
 # diffusers target name → (ComfyUI sub-module of a joint block, split part or None)
 DIFFUSERS_TARGETS = {
@@ -55,6 +55,7 @@ _PARTS = ("to_q", "to_k", "to_v")
 # ---------------------------------------------------------------- loading
 def load_dit(path: str, dtype: torch.dtype = torch.float32):
     """``(ModelPatcher, MMDiT module)`` of an SD3/SD3.5 diffusion-model file, via ComfyUI."""
+    check_safetensors(path)
     from comfy_host.importer import import_comfy
 
     import_comfy()
@@ -73,6 +74,7 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32):
 
 def load_vae(path: str):
     """ComfyUI's VAE (``comfy.sd.VAE``) and the SD3 latent format."""
+    check_safetensors(path)
     from comfy_host.importer import import_comfy
 
     import_comfy()

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from dream_engine_core.adapter import Adapter, AdapterSpec
-from dream_engine_core.weights import atomic_save, save_adapter
+from dream_engine_core.weights import atomic_save, check_safetensors, save_adapter
 
 from .checkpoint import read_params
 from .dit import _TO_DIFFUSERS
@@ -69,6 +69,7 @@ def adapter_from_params(params: dict[str, torch.Tensor], spec: AdapterSpec) -> A
 
 def full_dit_from_params(base_path: str, params: dict[str, torch.Tensor], out_path: str, extra: dict | None = None):
     """Base DiT file with the fully trained tensors replaced (ComfyUI MMDiT layout)."""
+    check_safetensors(base_path)
     with safe_open(base_path, framework="pt") as f:
         keys = list(f.keys())
         prefix = ""
