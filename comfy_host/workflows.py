@@ -1,7 +1,7 @@
 """The shipped workflows and one way to change their widget values.
 
-UI-format workflows live in ``workflows/*.json`` and their API-format twins in
-``workflows/api/``. :func:`configure` returns a copy of an API workflow with only
+UI-format workflows live in ``example_workflows/*.json`` (ComfyUI's template
+folder) and their API-format twins in ``example_workflows/api/``. :func:`configure` returns a copy of an API workflow with only
 widget values changed (model files, size, steps, prompt, images, segment names,
 blend ratios, seed); the profiles below are named sets of such values:
 
@@ -17,7 +17,7 @@ import os
 
 from .base_dir import ROOT
 
-WORKFLOWS = os.path.join(ROOT, "workflows")
+WORKFLOWS = os.path.join(ROOT, "example_workflows")
 
 # File names the small model set uses (model_builders.comfy_formats.build_demo_models).
 SMALL = {
@@ -32,7 +32,7 @@ SMALL = {
 
 
 def workflow_files() -> list[str]:
-    """The shipped UI-format workflows (``workflows/*.json``)."""
+    """The shipped UI-format workflows (``example_workflows/*.json``)."""
     return sorted(os.path.join(WORKFLOWS, f) for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
 
 

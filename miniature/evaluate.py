@@ -1,7 +1,7 @@
 """ShapesEval of a miniature Dream Engine, rendered through ComfyUI on the real host.
 
 Every image is made by the real ComfyUI server with this pack in ``custom_nodes``,
-from the shipped API workflows (``workflows/api``) with only their widget values
+from the shipped API workflows (``example_workflows/api``) with only their widget values
 changed (file names, prompt, seed, size, steps, images, names, blend ratios):
 
 =====================  ===============================  ============================================

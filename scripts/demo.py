@@ -12,7 +12,7 @@ miniature``: an SD3.5-format MMDiT, a 16-channel TAESD VAE, a small Qwen2-VL fol
 and a direct-map adapter) — or the user's ``--models-dir``, or with
 ``--random-models`` small untrained models of the same architecture — links this
 repository into ``custom_nodes``, starts
-ComfyUI on 127.0.0.1, queues ``workflows/api/1_text_to_image.json`` through the
+ComfyUI on 127.0.0.1, queues ``example_workflows/api/1_text_to_image.json`` through the
 HTTP API, waits, prints the output path and stops the server. Nothing is
 downloaded.
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                     help="use small untrained models (random weights) instead of the embedded miniature")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "build", "demo"),
                     help="ComfyUI base directory to use (default: build/demo)")
-    ap.add_argument("--workflow", default="1_text_to_image.json", help="API workflow in workflows/api/")
+    ap.add_argument("--workflow", default="1_text_to_image.json", help="API workflow: a file name in example_workflows/api/, or an absolute path")
     ap.add_argument("--prompt", help="replace the workflow's prompt text")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--steps", type=int)

@@ -1,10 +1,11 @@
 """Render each shipped workflow on the embedded miniature: the workflow thumbnails
-(``workflows/<name>.jpg``, shown by ComfyUI's template browser) and the README's demo
-picture (``docs/miniature_demo.png``).
+(``example_workflows/<name>.jpg``: the template browser's picture for the template
+of that name, and the README's) and the README's demo picture
+(``docs/miniature_demo.png``).
 
     python scripts/render_thumbnails.py            # needs the shipped miniature (make miniature --ship)
 
-Every picture is made by the real ComfyUI server from ``workflows/api/<name>.json``
+Every picture is made by the real ComfyUI server from ``example_workflows/api/<name>.json``
 with only widget values changed (``comfy_host.workflows.configure``): the
 miniature's files and settings, a shapes-world prompt, shapes-world input images.
 A thumbnail shows the inputs, then the output, each scaled up (nearest neighbour)
@@ -63,7 +64,7 @@ def strip(images: list[Image.Image]) -> Image.Image:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=os.path.join(ROOT, "build", "thumbnails"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "workflows"), help="where the thumbnails go")
+    ap.add_argument("--out", default=os.path.join(ROOT, "example_workflows"), help="where the thumbnails go")
     ap.add_argument("--demo-out", default=os.path.join(ROOT, "docs", "miniature_demo.png"))
     args = ap.parse_args(argv)
 

@@ -113,7 +113,7 @@ def test_shipped_miniature_renders_its_demo_prompt(tmp_path):
 
 
 def test_every_workflow_has_a_thumbnail():
-    wf = os.path.join(ROOT, "workflows")
+    wf = os.path.join(ROOT, "example_workflows")
     names = sorted(f[:-5] for f in os.listdir(wf) if f.endswith(".json"))
     assert names
     if not os.path.isfile(os.path.join(SHIPPED, "profile.json")):

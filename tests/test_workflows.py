@@ -12,6 +12,8 @@ from PIL import Image
 
 import comfy_host as host
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 WORKFLOWS = host.workflow_files()
 
 
@@ -22,7 +24,7 @@ def server():
 
 def test_workflow_files_are_generated_and_paired():
     assert len(WORKFLOWS) == 5
-    r = subprocess.run([sys.executable, os.path.join(host.WORKFLOWS, "build_workflows.py"), "--check"],
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_workflows.py"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     for ui in WORKFLOWS:
@@ -30,8 +32,19 @@ def test_workflow_files_are_generated_and_paired():
 
 
 def test_templates_listed(server):
+    """The server's template route lists exactly the five UI workflows of
+    ``example_workflows/`` (the API twins in ``api/`` are not templates), serves each
+    one, and serves its thumbnail where the frontend's template browser asks for it
+    (``/api/workflow_templates/<pack>/<name>.jpg``)."""
     t = server.get("/api/workflow_templates")
-    assert sorted(t[host.PACK_NAME]) == sorted(os.path.splitext(os.path.basename(p))[0] for p in WORKFLOWS)
+    names = sorted(os.path.splitext(os.path.basename(p))[0] for p in WORKFLOWS)
+    assert len(names) == 5 and os.path.dirname(WORKFLOWS[0]).endswith("example_workflows")
+    assert sorted(t[host.PACK_NAME]) == names
+    assert not any(n.startswith("api") for n in t[host.PACK_NAME])
+    for n, ui in zip(names, WORKFLOWS):
+        with open(ui) as f:
+            assert server.get(f"/api/workflow_templates/{host.PACK_NAME}/{n}.json") == json.load(f)
+        assert server.get_bytes(f"/api/workflow_templates/{host.PACK_NAME}/{n}.jpg")[:3] == b"\xff\xd8\xff", n
 
 
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
@@ -41,7 +54,7 @@ def test_ui_workflow_matches_node_definitions(server, ui_path):
     with open(ui_path) as f:
         ui = json.load(f)
     for node in ui["nodes"]:
-        if node["type"] == "Note":
+        if node["type"] in ("Note", "MarkdownNote"):
             continue
         d = info[node["type"]]
         spec = {**d["input"].get("required", {}), **d["input"].get("optional", {})}

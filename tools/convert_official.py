@@ -563,7 +563,7 @@ def convert(src: str, out_dir: str, lmm_base: str | None, name: str = "dream_eng
         return sorted(os_, key=lambda o: (key_shard[o.base], o.key))
 
     paths = {
-        # the names the shipped workflows load
+        # the names the shipped workflows load (scripts/build_workflows.py)
         "adapter": os.path.join(out_dir, "dream_engine", f"{name}_direct_map.safetensors"),
         "dit": os.path.join(out_dir, "diffusion_models", f"{name}_sd35_large.safetensors"),
         "dit_lora": os.path.join(out_dir, "loras", f"{name}_sd35_large_lora.safetensors"),
