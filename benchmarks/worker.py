@@ -469,13 +469,9 @@ def case_server_cache(args: dict) -> dict:
             return re.findall(r"Dream Engine: encoded .*?([0-9.]+)s\s*$", srv.log_text(), re.M)
 
         def t2i(text, seed):
-            p = host.small_model_profile(host.load_api("1_text_to_image.json"), size=128)
-            cond = host.nodes_of(p, "DreamEngineInterleavedConditioning")[0]
-            p[cond]["inputs"]["prompt"] = text
-            ks = host.nodes_of(p, "KSampler")[0]
-            p[ks]["inputs"]["seed"] = seed
-            p[ks]["inputs"]["steps"] = 4
-            return p, cond
+            p = host.configure(host.small_model_profile(host.load_api("1_text_to_image.json"), size=128),
+                               text=text, seed=seed, steps=4)
+            return p, host.nodes_of(p, "DreamEngineInterleavedConditioning")[0]
 
         text = f"a yellow circle left of a red square {uuid.uuid4().hex[:6]}"
         n0 = len(encodes())

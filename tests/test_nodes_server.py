@@ -27,13 +27,8 @@ def encodes(server) -> int:
 
 
 def t2i(prompt_text: str, seed: int = 1) -> dict:
-    p = host.small_model_profile(host.load_api("1_text_to_image.json"), size=128)
-    cond = host.nodes_of(p, "DreamEngineInterleavedConditioning")[0]
-    p[cond]["inputs"]["prompt"] = prompt_text
-    ks = host.nodes_of(p, "KSampler")[0]
-    p[ks]["inputs"]["seed"] = seed
-    p[ks]["inputs"]["steps"] = 4
-    return p
+    return host.configure(host.small_model_profile(host.load_api("1_text_to_image.json"), size=128),
+                          text=prompt_text, seed=seed, steps=4)
 
 
 def test_object_info_lists_the_nodes(server):
