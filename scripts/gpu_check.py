@@ -18,7 +18,8 @@ then starts the **real ComfyUI server** on the GPU (this pack and the measuremen
    (154 × 4096 tokens, 2048-d pooled) and no LMM in the graph;
 2. a text prompt through Load Dream Engine + Interleaved Conditioning;
 3. a 2-image fuse prompt;
-4. the baseline again, and a baseline with the Dream Engine prompt's token counts.
+4. the baseline again, and baselines with each Dream Engine prompt's token counts (the same
+   attention lengths, cond and uncond run apart when their lengths differ, as ComfyUI does).
 
 Reported per mode: encode time and peak VRAM during encoding, peak VRAM during sampling,
 seconds per sampling step (median of the steps after the first) against the baseline
@@ -181,10 +182,9 @@ def run_mode(mode: str, m: dict, args, work: str, log=print) -> dict:
             lines = srv.log_text().splitlines()[l0:]
             runs.append(summarize(name, _events(probe_log, n0), lines, wall))
             log(f"  {mode}/{name}: {runs[-1]['step_s']:.3f} s/step, wall {wall:.1f} s")
-            if name == "text":  # a baseline with the Dream Engine prompt's token counts
-                tok = runs[-1].get("tokens")
-                if tok:
-                    plan.append(("baseline_matched", baseline_prompt(m, args.size, args.steps, 1, tuple(tok))))
+            tok = runs[-1].get("tokens")
+            if tok:  # a baseline with the Dream Engine prompt's token counts (same attention lengths)
+                plan.append((f"baseline_as_{name}", baseline_prompt(m, args.size, args.steps, 1, tuple(tok))))
             i += 1
     finally:
         srv.stop()
@@ -221,9 +221,9 @@ def table(result: dict) -> str:
     a = result["args"]
     L = [f"GPU check — {result['date']} — {result['device']} — DiT {a['depth']} blocks, {a['size']}² px, "
          f"{a['steps']} steps, LMM {a['lmm_size']}", "",
-         "| mode | run | s/step | vs baseline | encode s (node s) | peak VRAM encode | peak VRAM sampling | "
-         "models ComfyUI holds at the first step |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| mode | run | s/step | vs baseline (154+154 tok) | vs baseline, same lengths | encode s (node s) | "
+         "peak VRAM encode | peak VRAM sampling | models ComfyUI holds at the first step |",
+         "|---|---|---|---|---|---|---|---|---|"]
 
     def mb(x):
         return "n/a (CPU)" if x is None else f"{x / 1024:.2f} GiB"
@@ -235,8 +235,10 @@ def table(result: dict) -> str:
             ms = ", ".join(f"{x['model']} ({x['loaded_mb']:.0f} MB on {x['device']})"
                            for x in (r.get("models_at_first_step") or []))
             enc = (f"{r['encode_s']:.3f} ({r['encode_node_s']:.3f})" if r.get("encode_s") is not None else "")
+            same = [x["step_s"] for x in md["runs"] if x["run"] == f"baseline_as_{r['run']}"]
+            vs_same = f"{r['step_s'] / same[0]:.3f}×" if same else ""
             L.append(f"| {md['mode']} | {r['run']}{' ' + str(r['tokens']) + ' tok' if r.get('tokens') else ''} | "
-                     f"{r['step_s']:.4f} | {r['step_s'] / b:.3f}× | {enc} | "
+                     f"{r['step_s']:.4f} | {r['step_s'] / b:.3f}× | {vs_same} | {enc} | "
                      f"{mb(r.get('encode_peak_allocated_mb')) if r.get('encode_s') is not None else ''} | "
                      f"{mb(r.get('sampling_peak_allocated_mb'))} | {ms} |")
     return "\n".join(L)
