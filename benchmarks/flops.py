@@ -11,6 +11,13 @@ implementation must do.
 Weight bytes are the bytes of every weight matrix each forward reads once (the
 language model's layers twice, once per side; the embedding table only for the rows
 gathered); the vocabulary head is never computed.
+
+:func:`encode_cost` counts every pass one encode could run; :func:`required_cost` counts
+the work an encode actually *requires*: when the unconditional input is text only it is
+the same for every prompt of the task (a constant negative, remembered by the encoder's
+text cache), so only the conditional side needs the language model and the adapter.
+Figure 2's floor is the required one; :func:`lm_only_cost` is the floor of plain
+transformers' ``language_model`` forward over the same tokens (the peer of figure 2).
 """
 from __future__ import annotations
 
@@ -84,8 +91,32 @@ def encode_cost(config, spec, cond_tokens: int, uncond_tokens: int, patches_per_
         "lm_uncond": lm_forward(config.text_config, uncond_tokens, esize),
         "adapter": adapter_forward(spec, cond_tokens, esize),
     }
-    a2 = adapter_forward(spec, uncond_tokens, esize)
-    parts["adapter"] += a2
+    parts["adapter"] += adapter_forward(spec, uncond_tokens, esize)
+    return _totals(parts)
+
+
+def required_cost(config, spec, cond_tokens: int, uncond_tokens: int, patches_per_image: list,
+                  uncond_constant: bool, esize: int = 2) -> dict:
+    """Cost of the work one encode requires: vision tower once, language model and adapter
+    on the conditional input, and on the unconditional one only when it is not constant
+    (``uncond_constant``: text only, hence the same for every prompt)."""
+    parts = {
+        "vision": vision_forward(config.vision_config, patches_per_image, esize),
+        "lm_cond": lm_forward(config.text_config, cond_tokens, esize),
+        "adapter": adapter_forward(spec, cond_tokens, esize),
+    }
+    if not uncond_constant:
+        parts["lm_uncond"] = lm_forward(config.text_config, uncond_tokens, esize)
+        parts["adapter"] += adapter_forward(spec, uncond_tokens, esize)
+    return _totals(parts)
+
+
+def lm_only_cost(config, n_tokens: int, esize: int = 2) -> dict:
+    """One language-model forward over ``n_tokens`` (plain transformers' peer)."""
+    return _totals({"lm_cond": lm_forward(config.text_config, n_tokens, esize)})
+
+
+def _totals(parts: dict) -> dict:
     total = Cost()
     for c in parts.values():
         total += c

@@ -173,15 +173,22 @@ def _variants(prompt: str, tokenizer, n: int = 16) -> list:
 
 
 def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6), size="full",
-                no_cache_repeats=0) -> dict:
-    from .flops import encode_cost
+                no_cache_repeats=0, peer=False) -> dict:
+    from dream_engine_core.prompt import ImageRef, build_task_inputs
+
+    from .flops import encode_cost, lm_only_cost, required_cost
 
     enc = eng.encoder
     pos, neg = eng.encode(prompt, images, options=opts)
     prep = enc.prepare_images(images, opts.short_side, opts.min_pixels, opts.max_pixels)
     patches = [int(g.prod()) for g in prep.grid_thw] if prep.grid_thw is not None else []
+    esize = torch.tensor([], dtype=enc.dtype).element_size()
     cost = encode_cost(enc.model.config, eng.adapter.spec, pos.tokens.shape[1], neg.tokens.shape[1], patches,
-                       esize=torch.tensor([], dtype=enc.dtype).element_size())
+                       esize=esize)
+    ti = build_task_inputs(prompt, [ImageRef() for _ in images], "generate", opts.style)
+    uncond_constant = not ti.uncond.images  # text only: the same negative for every prompt
+    required = required_cost(enc.model.config, eng.adapter.spec, pos.tokens.shape[1], neg.tokens.shape[1],
+                             patches, uncond_constant, esize=esize)
     variants = _variants(prompt, enc.tokenizer)
     counter = iter(range(10 ** 9))
 
@@ -192,8 +199,12 @@ def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6),
 
     out = {"cond_tokens": int(pos.tokens.shape[1]), "uncond_tokens": int(neg.tokens.shape[1]),
            "image_tokens": list(prep.tokens_per_image), "patches": patches, "cost": cost,
+           "required_cost": required, "uncond_constant": uncond_constant,
            "time": timeit(run, repeats=repeats, min_warmup=warm[0], max_warmup=warm[1],
                           between=lambda: calibrate(size))}
+    if peer and not images:
+        out["peer"] = _peer_forward(eng, variants, opts, int(pos.tokens.shape[1]), repeats, warm, size)
+        out["peer"]["cost"] = lm_only_cost(enc.model.config, int(pos.tokens.shape[1]), esize=esize)
     cache = getattr(enc, "text_cache_size", None)
     out["text_cache_size"] = cache
     if no_cache_repeats and cache:
@@ -204,10 +215,6 @@ def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6),
     if breakdown:  # where the time goes (the same calls encode makes, every pass computed)
         if cache:
             enc.text_cache_size = 0
-        from dream_engine_core.prompt import build_task_inputs
-
-        ti = build_task_inputs(prompt, [__import__("dream_engine_core.prompt", fromlist=["ImageRef"]).ImageRef()
-                                        for _ in images], "generate", opts.style)
         r = max(2, repeats // 2)
         parts = {"prepare_images": timeit(lambda: enc.prepare_images(images, opts.short_side, opts.min_pixels,
                                                                       opts.max_pixels), repeats=r, min_warmup=1)}
@@ -230,6 +237,30 @@ def _de_measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6),
     return out
 
 
+def _peer_forward(eng, variants, opts, n_tokens, repeats, warm, size) -> dict:
+    """Plain transformers on the same prompt: tokenize the text the pack feeds the model and
+    call the language model's forward, as anyone could write it in ten lines
+    (``model.model.language_model(input_ids=ids).last_hidden_state``). It runs on the same
+    loaded weights (the pack's model is transformers' own ``Qwen2VLForConditionalGeneration``
+    from ``from_pretrained``), with the same prompt variants."""
+    from dream_engine_core.prompt import build_task_inputs
+
+    lm = eng.encoder.model.model.language_model
+    tok = eng.encoder.tokenizer
+    texts = [build_task_inputs(p, [], "generate", opts.style).cond.text for p in variants]
+    counter = iter(range(10 ** 9))
+
+    def forward():
+        ids = tok(texts[next(counter) % len(texts)], return_tensors="pt").input_ids
+        with torch.inference_mode():
+            h = lm(input_ids=ids).last_hidden_state
+        assert h.shape[1] == n_tokens, f"plain transformers saw {h.shape[1]} tokens, the pack {n_tokens}"
+
+    return {"tokens": n_tokens, "call": "model.model.language_model(input_ids=ids).last_hidden_state",
+            "time": timeit(forward, repeats=repeats, min_warmup=warm[0], max_warmup=warm[1],
+                           between=lambda: calibrate(size))}
+
+
 def case_de_encode(args: dict) -> dict:
     from dream_engine_core.engine import EncodeOptions
 
@@ -239,7 +270,8 @@ def case_de_encode(args: dict) -> dict:
     prompt, images = _prompt_and_images(eng, args)
     opts = EncodeOptions(**args.get("options", {}))
     res.update(_de_measure(eng, prompt, images, opts, args.get("repeats", 5), args.get("breakdown", True),
-                           size=args.get("size", "full"), no_cache_repeats=args.get("no_cache_repeats", 0)))
+                           size=args.get("size", "full"), no_cache_repeats=args.get("no_cache_repeats", 0),
+                           peer=args.get("peer", False)))
     res["prompt_words"] = len(prompt.split())
     res["prompt_text"] = prompt
     res["peak_rss"] = peak_rss()

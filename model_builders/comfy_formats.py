@@ -25,21 +25,41 @@ TINY_CONTEXT_DIM = 96
 TINY_POOLED_DIM = 80
 
 
-def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled_dim: int = TINY_POOLED_DIM,
-                     pos_embed_max_size: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
-    """State dict of ComfyUI's MMDiT at SD3.5-Large layout, small depth."""
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT, get_2d_sincos_pos_embed
+# SD3.5-Large: 38 blocks (hidden 64·38 = 2432), T5-width context, CLIP-L+G pooled vector.
+SD35_LARGE = dict(depth=38, context_dim=4096, pooled_dim=2048, pos_embed_max_size=192)
+
+
+def _mmdit(depth: int, context_dim: int, pooled_dim: int, pos_embed_max_size: int, device=None):
+    """ComfyUI's own MMDiT class at SD3.5-Large layout (RMS qk-norm, no self-attention-only blocks)."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
     import comfy.ops
 
-    torch.manual_seed(seed)
-    model = MMDiT(
+    return MMDiT(
         input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth,
         adm_in_channels=pooled_dim,
         context_embedder_config={"target": "torch.nn.Linear",
                                  "params": {"in_features": context_dim, "out_features": 64 * depth}},
         pos_embed_max_size=pos_embed_max_size, num_patches=pos_embed_max_size ** 2,
-        qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32,
+        qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32, device=device,
         operations=comfy.ops.disable_weight_init)
+
+
+def mmdit_shapes(depth: int = 38, context_dim: int = 4096, pooled_dim: int = 2048,
+                 pos_embed_max_size: int = 192) -> dict[str, tuple]:
+    """Keys and shapes of ComfyUI's MMDiT (built on the meta device: no memory), e.g. to
+    stream a full-size random file with ``model_builders.full_size.write_random_safetensors``."""
+    with torch.device("meta"):
+        model = _mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, device="meta")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled_dim: int = TINY_POOLED_DIM,
+                     pos_embed_max_size: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
+    """State dict of ComfyUI's MMDiT at SD3.5-Large layout, small depth."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+    torch.manual_seed(seed)
+    model = _mmdit(depth, context_dim, pooled_dim, pos_embed_max_size)
     sd = model.state_dict()
     # ComfyUI's init skips weight initialisation; give every tensor defined values.
     g = torch.Generator().manual_seed(seed)

@@ -54,6 +54,26 @@ def _dtype(name: str, load_device) -> torch.dtype:
     return torch.float32
 
 
+def make_patcher(module: torch.nn.Module, load_device, offload_device):
+    """Wrap the LMM + adapter as the host wraps its own models, so that its memory manager
+    loads and offloads them (``mm.load_models_gpu`` before each encode).
+
+    Newer ComfyUI builds models with ``comfy.model_patcher.CoreModelPatcher``, which its
+    ``main.py`` rebinds to the dynamic-VRAM ``ModelPatcherDynamic`` when comfy-aimdo works
+    (read at call time for that reason). A plain ``ModelPatcher`` there takes the
+    non-dynamic path, whose memory free can evict the whole DiT. The dynamic patcher moves
+    modules that are not ``comfy.ops`` layers (the transformers LMM) whole, with the dtypes
+    recorded by ``archive_model_dtypes``, as core does for its text encoders; on a CPU load
+    device it returns a plain ``ModelPatcher`` itself. Hosts without ``CoreModelPatcher``
+    (0.3.75) get the plain ``ModelPatcher``.
+    """
+    archive = getattr(mm, "archive_model_dtypes", None)
+    if archive is not None:
+        archive(module)
+    cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return cls(module, load_device=load_device, offload_device=offload_device)
+
+
 class LoadDreamEngine(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -75,9 +95,12 @@ class LoadDreamEngine(io.ComfyNode):
                                tooltip="Weights dtype of the LMM and adapter. default: bf16/fp16 on a GPU "
                                        "that supports it, fp32 on CPU."),
                 io.Combo.Input("device", options=list(DEVICES), default="default",
-                               tooltip="Where the LMM runs. default: ComfyUI's text-encoder device; cpu; gpu: "
-                                       "the main compute device. ComfyUI loads it there for encoding and "
-                                       "offloads it before sampling."),
+                               tooltip="Where the LMM runs. default: ComfyUI's text-encoder device: the GPU "
+                                       "on a normal- or high-VRAM GPU (and always with the dynamic VRAM of newer "
+                                       "ComfyUI), the CPU under --lowvram, --novram or --cpu. cpu: always the CPU "
+                                       "(slower encodes, no VRAM used). gpu: the main GPU on every host. On a GPU, "
+                                       "ComfyUI's memory manager loads the LMM for encoding and offloads it to RAM "
+                                       "when the DiT needs the memory."),
                 io.Combo.Input("fingerprint_check", options=list(FINGERPRINT_CHECKS), default="enforce", optional=True,
                                tooltip="enforce: refuse an adapter whose recorded LMM fingerprint does not match "
                                        "the selected LMM folder (it was made with a different LMM). ignore: "
@@ -126,8 +149,7 @@ class LoadDreamEngine(io.ComfyNode):
         check_adapter_fits(spec, model, adapter)  # before the LMM loads
         encoder = LMMEncoder.from_folder(folder, dtype=dt, device=offload_device)
         engine = DreamEngine(encoder, adapter_mod, repr(adapter))
-        patcher = comfy.model_patcher.ModelPatcher(DreamEngineModule(encoder.model, adapter_mod),
-                                                   load_device=load_device, offload_device=offload_device)
+        patcher = make_patcher(DreamEngineModule(encoder.model, adapter_mod), load_device, offload_device)
         handle = DreamEngineHandle(engine, patcher, lmm, adapter)
         out_model = patch_direct_map(model) if spec.kind == "direct" else model
         log.info("Dream Engine: loaded %s + %s (%s map, %s, %s) in %.2fs", lmm, adapter, spec.kind, dt,
@@ -203,7 +225,8 @@ class InterleavedConditioning(io.ComfyNode):
         build_task_inputs(prompt, refs, task, opts.style)  # prompt errors before any model loads
         handle: DreamEngineHandle = dream_engine
         t0 = time.perf_counter()
-        mm.load_models_gpu([handle.patcher])
+        # whole: the LMM's layers are plain torch layers, which ComfyUI cannot run partly offloaded
+        mm.load_models_gpu([handle.patcher], force_full_load=True)
         pbar = comfy.utils.ProgressBar(5)
         pos, neg = handle.engine.encode(
             prompt, [s.image for s in chain], refs, task, options=opts,
