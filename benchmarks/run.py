@@ -8,7 +8,8 @@ Each case runs in a fresh subprocess (``benchmarks.worker``) so its peak RSS is 
 Workers inherit the environment, plus ``OMP_WAIT_POLICY=PASSIVE`` unless
 ``--omp-wait-policy default`` (see docs/performance.md: on a CPU shared with other
 busy processes, OpenMP's default spin-waiting makes every torch op several times
-slower; the same setting applies to both encoders compared).
+slower; the same setting applies to both encoders compared). One module (~500 lines):
+each figure's rows, targets and notes are assembled next to the call that measures it.
 """
 from __future__ import annotations
 

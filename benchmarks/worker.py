@@ -2,7 +2,8 @@
 
 Every case runs in its own interpreter so that its peak RSS (``ru_maxrss``) is its
 own and no case warms another's caches. The result is printed as one line
-``RESULT {json}`` on stdout.
+``RESULT {json}`` on stdout. The cases share their model loading and measuring
+helpers, so they live in this one file (~600 lines), each a ``case_*`` function.
 """
 from __future__ import annotations
 

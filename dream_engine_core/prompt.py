@@ -16,7 +16,7 @@ literal text silently; write ``[[`` and ``]]`` for literal brackets.
 Tasks and their model inputs (``IMG`` is Qwen2-VL's vision placeholder
 ``<|vision_start|><|image_pad|><|vision_end|>``; the processor expands the pad
 token to the image's patch tokens). These are the strings the released model was
-trained and sampled with (DESIGN.md §1):
+trained and sampled with (the official code's training and inference pipelines):
 
 =============  ===========================================================  =====================================
 task           conditional                                                  unconditional (CFG)

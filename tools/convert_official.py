@@ -7,6 +7,9 @@ too). The converter accepts the repository root, the ``transformer/`` folder or 
 index file. Pickles are opened **only here**, with
 ``torch.load(weights_only=True, mmap=True)`` — no code is executed and tensors are
 memory-mapped; one shard is open at a time and one output tensor is built at a time.
+This module is long (~700 lines) on purpose: it is the only code of the pack that opens
+pickles, so the reader, the key plan and the writers stay together where one review
+sees all of it; each part is its own section below.
 
 The checkpoint is the release demo's combined model: ``dit.*`` (diffusers SD3 names),
 ``lmm.*`` (pre-4.52 Qwen2-VL names), ``input_embeds_align_mlp.*`` /
