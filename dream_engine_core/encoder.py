@@ -202,10 +202,16 @@ def pil_image_processor(image_processor):
     that one; the torchvision backend gives slightly different pixel values)."""
     import transformers
 
-    pil_cls = getattr(transformers, type(image_processor).__name__.removesuffix("Pil") + "Pil", None)
-    if pil_cls is None or isinstance(image_processor, pil_cls):
-        return image_processor
-    return pil_cls.from_dict(image_processor.to_dict())
+    name = type(image_processor).__name__
+    # transformers 5: ``…ImageProcessorPil`` is the PIL backend; 4.57: the slow ``…ImageProcessor``
+    # is, and ``AutoProcessor`` loads the torchvision ``…ImageProcessorFast`` by default
+    for cand in (name.removesuffix("Pil") + "Pil", name.removesuffix("Fast")):
+        pil_cls = getattr(transformers, cand, None)
+        if pil_cls is not None:
+            if isinstance(image_processor, pil_cls):
+                return image_processor
+            return pil_cls.from_dict(image_processor.to_dict())
+    return image_processor
 
 
 @dataclass
