@@ -83,3 +83,23 @@ def pack_module(name: str):
 @pytest.fixture(scope="module")
 def pack(comfy):
     return load_pack()
+
+
+# The small model set registered with the in-process host's folders, and its DiT.
+@pytest.fixture(scope="module")
+def models(pack, tmp_path_factory):
+    import folder_paths
+    from model_builders.comfy_formats import build_demo_models
+
+    d = str(tmp_path_factory.mktemp("models"))
+    build_demo_models(d)
+    for name in ("LLM", "dream_engine", "diffusion_models"):
+        folder_paths.add_model_folder_path(name, os.path.join(d, name))
+    return d
+
+
+@pytest.fixture(scope="module")
+def dit(models):
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(os.path.join(models, "diffusion_models", "dream_engine_tiny_sd35.safetensors"))

@@ -13,25 +13,6 @@ from conftest import pack_module
 LMM, DIRECT = "tiny-Qwen2-VL", "tiny_direct_map.safetensors"
 
 
-@pytest.fixture(scope="module")
-def models(pack, tmp_path_factory):
-    import folder_paths
-    from model_builders.comfy_formats import build_demo_models
-
-    d = str(tmp_path_factory.mktemp("models"))
-    build_demo_models(d)
-    for name in ("LLM", "dream_engine", "diffusion_models"):
-        folder_paths.add_model_folder_path(name, os.path.join(d, name))
-    return d
-
-
-@pytest.fixture(scope="module")
-def dit(models):
-    import comfy.sd
-
-    return comfy.sd.load_diffusion_model(os.path.join(models, "diffusion_models", "dream_engine_tiny_sd35.safetensors"))
-
-
 def count_events(patcher) -> dict:
     from comfy.patcher_extension import CallbacksMP
 

@@ -17,25 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LMM, DIRECT, STANDARD = "tiny-Qwen2-VL", "tiny_direct_map.safetensors", "tiny_standard_map.safetensors"
 
 
-@pytest.fixture(scope="module")
-def models(pack, tmp_path_factory):
-    import folder_paths
-    from model_builders.comfy_formats import build_demo_models
-
-    d = str(tmp_path_factory.mktemp("models"))
-    build_demo_models(d)
-    for name in ("LLM", "dream_engine", "diffusion_models"):
-        folder_paths.add_model_folder_path(name, os.path.join(d, name))
-    return d
-
-
-@pytest.fixture(scope="module")
-def dit(models):
-    import comfy.sd
-
-    return comfy.sd.load_diffusion_model(os.path.join(models, "diffusion_models", "dream_engine_tiny_sd35.safetensors"))
-
-
 def nodes(pack):
     e = pack_module("nodes.engine")
     s = pack_module("nodes.segments")
