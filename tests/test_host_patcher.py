@@ -4,10 +4,6 @@ memory manager (events counted with the patcher's own ON_LOAD / ON_DETACH callba
 """
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from conftest import pack_module
 
 LMM, DIRECT = "tiny-Qwen2-VL", "tiny_direct_map.safetensors"
