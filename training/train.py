@@ -409,7 +409,16 @@ def main(argv=None):
               f"exported to {tr.cfg.out}")
     if tr.world > 1:
         import torch.distributed as dist
+        dist.barrier()  # every file is written and closed
         dist.destroy_process_group()
+        # Leave without interpreter shutdown. torch's DTensor caches keep FSDP's device
+        # meshes, and with them the gloo process group, alive past destroy_process_group;
+        # freed during shutdown, gloo's worker threads now and then abort the process
+        # ("terminate called without an active exception", exit code -6) after a run that
+        # had finished and exported, and torchrun then reports the run as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
