@@ -103,3 +103,20 @@ def dit(models):
     import comfy.sd
 
     return comfy.sd.load_diffusion_model(os.path.join(models, "diffusion_models", "dream_engine_tiny_sd35.safetensors"))
+
+
+def comfy_nodes_module():
+    """ComfyUI's own top-level ``nodes.py`` (not the pack's ``nodes/`` package)."""
+    from comfy_host.importer import comfyui_path
+
+    path = os.path.join(comfyui_path(), "nodes.py")
+    mod = sys.modules.get("nodes")
+    if mod is not None and os.path.abspath(getattr(mod, "__file__", "") or "") == path:
+        return mod
+    if mod is not None:
+        pytest.skip("another module named 'nodes' is imported; ComfyUI's nodes.py cannot be loaded")
+    spec = importlib.util.spec_from_file_location("nodes", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["nodes"] = mod
+    spec.loader.exec_module(mod)
+    return mod

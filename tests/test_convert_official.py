@@ -13,7 +13,6 @@ either model or add trained extras (``dit.context_embedder`` differing from stoc
 LoRA loader does not patch that buffer)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ import sys
 
 import pytest
 import torch
+
+from conftest import comfy_nodes_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 4  # LoRA rank in the fake release (alpha = r, as the release's demo)
@@ -34,23 +35,6 @@ VARIANTS = {"demo": dict(lmm_lora=True, dit_lora=True, extras=False),
             "no_lmm_lora": dict(lmm_lora=False, dit_lora=True, extras=False),
             "no_dit_lora": dict(lmm_lora=True, dit_lora=False, extras=False),
             "trained_extras": dict(lmm_lora=True, dit_lora=True, extras=True)}
-
-
-def comfy_nodes_module():
-    """ComfyUI's own top-level ``nodes.py`` (not the pack's ``nodes/`` package)."""
-    from comfy_host.importer import comfyui_path
-
-    path = os.path.join(comfyui_path(), "nodes.py")
-    mod = sys.modules.get("nodes")
-    if mod is not None and os.path.abspath(getattr(mod, "__file__", "") or "") == path:
-        return mod
-    if mod is not None:
-        pytest.skip("another module named 'nodes' is imported; ComfyUI's nodes.py cannot be loaded")
-    spec = importlib.util.spec_from_file_location("nodes", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["nodes"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _diffusers_dit(comfy_sd: dict, depth: int) -> dict:

@@ -7,33 +7,14 @@ Euler/CFG loop over an MMDiT whose weights had the exported LoRA merged by hand.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
 
-from conftest import load_pack, pack_module
+from conftest import comfy_nodes_module, load_pack, pack_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def comfy_nodes_module():
-    """ComfyUI's own top-level ``nodes.py`` (not the pack's ``nodes/`` package)."""
-    from comfy_host.importer import comfyui_path
-
-    path = os.path.join(comfyui_path(), "nodes.py")
-    mod = sys.modules.get("nodes")
-    if mod is not None and os.path.abspath(getattr(mod, "__file__", "") or "") == path:
-        return mod
-    if mod is not None:
-        pytest.skip("another module named 'nodes' is imported; ComfyUI's nodes.py cannot be loaded")
-    spec = importlib.util.spec_from_file_location("nodes", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["nodes"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
