@@ -60,8 +60,7 @@ fi
 # A clean ComfyUI tree around a fresh copy of the pack and the miniature's models.
 rm -rf "$COMFY/custom_nodes" "$COMFY/models" "$COMFY/output" "$COMFY/user" "$COMFY/temp"
 mkdir -p "$PACK" "$COMFY/models"
-# (.venv is left out also where it is a link, which .gitignore's ".venv/" does not match.)
-git -C "$ROOT" ls-files -z -co --exclude-standard | grep -zv '^\.venv$' \
+git -C "$ROOT" ls-files -z -co --exclude-standard \
   | (cd "$ROOT" && tar --null -T - -cf -) | tar -xf - -C "$PACK"
 cp -r "$ROOT/miniature/models/." "$COMFY/models/"
 "${PIP[@]}" -r "$PACK/requirements.txt"
