@@ -1,10 +1,11 @@
 """Drive a ComfyUI installed as a user installs it (run by scripts/check_user_install.sh).
 
-Standard library only, and nothing imported from this repository: it runs in the
-user's virtual environment, where the pack exists only as the copy in
-``custom_nodes/``. It starts ComfyUI's own ``main.py``, reads ``/object_info``
-and queues workflow 1 (API format) with the embedded miniature's values
-(``miniature/profile.json``: the same widget mapping as ``comfy_host.workflows.apply_profile``).
+It runs in the user's virtual environment, where the pack exists only as the copy in
+``custom_nodes/``; besides the standard library it uses only that copy's
+``comfy_host.workflows`` (standard library too). It starts ComfyUI's own ``main.py``,
+reads ``/object_info`` and queues workflow 1 (API format) with the embedded miniature's
+values (``miniature/profile.json``, applied by ``comfy_host.workflows.apply_profile``,
+the one place widget values are changed).
 
     python user_install_driver.py --comfyui DIR --workflow API.json --profile profile.json \
         --expect render            # workflow 1 renders one image of the profile's size
@@ -29,6 +30,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PACK_DIR)
+from comfy_host.workflows import apply_profile  # noqa: E402  (the pack copy's own, standard library only)
 
 NODES = ("LoadDreamEngine", "DreamEngineInterleavedConditioning", "DreamEngineImageSegment", "DreamEngineBlendRatio")
 LAUNCHER = r"""
@@ -59,29 +64,11 @@ def free_port() -> int:
 def http(url: str, body: dict | None = None, timeout: float = 30):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def configure(prompt: dict, prof: dict) -> dict:
-    """Widget values of the miniature (as comfy_host.workflows.apply_profile sets them)."""
-    for node in prompt.values():
-        ct, inp = node["class_type"], node["inputs"]
-        if ct == "UNETLoader":
-            inp["unet_name"] = prof["unet_name"]
-        elif ct == "VAELoader":
-            inp["vae_name"] = prof["vae_name"]
-        elif ct == "LoadDreamEngine":
-            inp.update(lmm=prof["lmm"], adapter=prof["adapter"])
-        elif ct in ("EmptySD3LatentImage", "EmptyLatentImage"):
-            inp["width"] = inp["height"] = prof["size"]
-        elif ct == "DreamEngineInterleavedConditioning":
-            inp["image_short_side"] = prof["image_short_side"]
-            if inp.get("task") == "generate" and prof.get("prompt"):
-                inp["prompt"] = prof["prompt"]
-        elif ct == "KSampler":
-            inp.update(steps=prof["steps"], cfg=prof["cfg"])
-    return prompt
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # e.g. a prompt refused at validation: show why
+        raise SystemExit(f"{url}: HTTP {e.code}: {e.read().decode(errors='replace')[:3000]}") from None
 
 
 def png_size(path: str) -> tuple[int, int]:
@@ -124,7 +111,7 @@ def main() -> int:
             text = f.read()
         if missing:
             raise SystemExit(f"/object_info lacks {missing}; ComfyUI log:\n{text[-3000:]}")
-        pack = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        pack = os.path.basename(PACK_DIR)
         failed = [ln for ln in text.splitlines() if "IMPORT FAILED" in ln and pack in ln]
         if failed:
             raise SystemExit(f"the pack failed to import: {failed}\n{text[-3000:]}")
@@ -133,7 +120,7 @@ def main() -> int:
         with open(a.profile) as f:
             prof = json.load(f)
         with open(a.workflow) as f:
-            prompt = configure(json.load(f), prof)
+            prompt = apply_profile(json.load(f), prof)
         body = http(url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
         pid = body["prompt_id"]
         while True:
