@@ -10,6 +10,7 @@ from comfy_api.latest import ComfyExtension, io
 from .engine import InterleavedConditioning, LoadDreamEngine
 from .models import register_folders
 from .segments import BlendRatio, ImageSegment
+from .thumbnails import register_thumbnail_route
 
 register_folders()
 NODES = [LoadDreamEngine, InterleavedConditioning, ImageSegment, BlendRatio]
@@ -22,4 +23,5 @@ class DreamEngineExtension(ComfyExtension):
 
 def comfy_entrypoint() -> DreamEngineExtension:
     register_folders()
+    register_thumbnail_route()
     return DreamEngineExtension()

@@ -47,6 +47,24 @@ def test_templates_listed(server):
         assert server.get_bytes(f"/api/workflow_templates/{host.PACK_NAME}/{n}.jpg")[:3] == b"\xff\xd8\xff", n
 
 
+def test_thumbnails_served_by_the_pack_route(server):
+    """The pack's own thumbnail route (``nodes/thumbnails.py``), which newer servers need
+    because their template route serves only ``.json``. ComfyUI 0.3.x serves the folder
+    statically only under ``/api/…``; the path without the prefix reaches the pack's route
+    alone, so this test sees that route answer: each shipped thumbnail byte for byte, and
+    404 for any other name (the route serves the shipped pictures and nothing else)."""
+    import urllib.error
+
+    for ui in WORKFLOWS:
+        n = os.path.splitext(os.path.basename(ui))[0]
+        with open(os.path.join(os.path.dirname(ui), n + ".jpg"), "rb") as f:
+            assert server.get_bytes(f"/workflow_templates/{host.PACK_NAME}/{n}.jpg") == f.read(), n
+    for bad in ("nonexistent", "..%2Fpyproject", "api%2F1_text_to_image"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            server.get_bytes(f"/workflow_templates/{host.PACK_NAME}/{bad}.jpg")
+        assert e.value.code == 404, bad
+
+
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
 def test_ui_workflow_matches_node_definitions(server, ui_path):
     """Socket inputs and widget values line up with what the server declares."""
