@@ -3,8 +3,8 @@ ComfyUI version.
 
 The browser asks for ``/api/workflow_templates/<pack folder>/<name>.jpg``. ComfyUI up to
 0.3.x serves the pack's whole ``example_workflows/`` folder there; newer servers answer
-that path only for ``.json`` files (``app/custom_node_manager.py``), so the pictures went
-missing. The pack therefore registers its own GET route for exactly the thumbnails it
+that path only for ``.json`` files (their custom-node manager's template route), so the
+pictures went missing. The pack therefore registers its own GET route for exactly the thumbnails it
 ships. Routes a custom node adds at import come first in the server's table, so this one
 answers before the core route that refuses non-JSON files; where ComfyUI still serves the
 folder, both give the same file.
