@@ -51,7 +51,7 @@ def nodes_of(prompt: dict, class_type: str) -> list[str]:
 
 
 def configure(prompt: dict, *, unet_name=None, lora_name=None, lora_strength=None, vae_name=None, lmm=None, adapter=None, size=None, steps=None,
-              cfg=None, seed=None, text=None, generate_text=None, image_short_side=None, dtype=None,
+              cfg=None, seed=None, sampler_name=None, scheduler=None, text=None, generate_text=None, image_short_side=None, dtype=None,
               images=None, segment_names=None, ratios=None) -> dict:
     """A copy of an API workflow with these widget values; ``None`` leaves a value as
     shipped. ``text`` sets the prompt of every conditioning node, ``generate_text`` only
@@ -94,6 +94,10 @@ def configure(prompt: dict, *, unet_name=None, lora_name=None, lora_strength=Non
                 inp["cfg"] = cfg
             if seed is not None:
                 inp["seed"] = seed
+            if sampler_name is not None:
+                inp["sampler_name"] = sampler_name
+            if scheduler is not None:
+                inp["scheduler"] = scheduler
         elif ct == "LoadImage" and images is not None:
             inp["image"] = images[li]
             li += 1
@@ -116,10 +120,12 @@ def small_model_profile(prompt: dict, adapter: str | None = None, size: int | No
 
 def apply_profile(prompt: dict, prof: dict, **overrides) -> dict:
     """An API workflow set up for the model set ``prof`` describes (the miniature's
-    ``profile.json``: file names (DiT, its LoRA, VAE, LMM, adapter), size, image_short_side, steps, cfg and the prompt of
-    ``generate`` nodes); ``overrides`` are further :func:`configure` values."""
+    ``profile.json``: file names (DiT, its LoRA, VAE, LMM, adapter), size, image_short_side, steps, cfg, sampler and
+    scheduler (the settings the model set was evaluated with) and the prompt of ``generate`` nodes); ``overrides`` are
+    further :func:`configure` values."""
     values = dict(unet_name=prof["unet_name"], lora_name=prof["lora"], vae_name=prof["vae_name"], lmm=prof["lmm"], adapter=prof["adapter"],
                   size=prof["size"], image_short_side=prof["image_short_side"], steps=prof["steps"],
-                  cfg=prof["cfg"], generate_text=prof.get("prompt"))
+                  cfg=prof["cfg"], sampler_name=prof.get("sampler"), scheduler=prof.get("scheduler"),
+                  generate_text=prof.get("prompt"))
     values.update(overrides)
     return configure(prompt, **values)

@@ -35,6 +35,10 @@ ADAPTER = "dream_engine_direct_map.safetensors"
 SIZE = 1024
 STEPS = 28
 CFG = 3.5
+# The release's sampling: diffusers' FlowMatchEulerDiscreteScheduler with SD3.5 Large's config
+# (shift 3.0) is Euler on the sigmas ComfyUI's ``normal`` scheduler gives (tests/test_release_schedule.py).
+SAMPLER = "euler"
+SCHEDULER = "normal"
 SEED = 42
 
 # type: (socket inputs [(name, type)], widget names, outputs [(name, type)])
@@ -215,8 +219,8 @@ def _base(g: Graph, prompt: str, task: str, segments=None, prefix="dream_engine"
                   "positions": "mrope", "image_short_side": 336, "min_pixels": 56 * 56,
                   "max_pixels": 512 * 28 * 28}, **links)
     lat = g.add("EmptySD3LatentImage", (X_SAMPLE + 20, CHAIN + 190), {"width": SIZE, "height": SIZE, "batch_size": 1})
-    ks = g.add("KSampler", (X_SAMPLE + 380, CHAIN + 20), {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler",
-                                                         "scheduler": "simple", "denoise": 1.0},
+    ks = g.add("KSampler", (X_SAMPLE + 380, CHAIN + 20), {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": SAMPLER,
+                                                         "scheduler": SCHEDULER, "denoise": 1.0},
                model=(eng, 1), positive=(cond, 0), negative=(cond, 1), latent_image=(lat, 0))
     dec = g.add("VAEDecode", (X_OUTPUT + 20, CHAIN + 20), {}, samples=(ks, 0), vae=(vae, 0))
     # The VAE wire runs straight along the top of the band, above every node, and drops
