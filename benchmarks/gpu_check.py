@@ -1,7 +1,9 @@
 """Real-size GPU check (any CUDA machine; never part of CI).
 
-    python scripts/gpu_check.py                      # full size on CUDA: ~25 GB disk, a 24 GB+ GPU
-    python scripts/gpu_check.py --cpu --depth 2 --size 256 --steps 2 --lmm-size tiny   # CPU dry run
+    python -m benchmarks.gpu_check                   # full size on CUDA: ~25 GB disk, a 24 GB+ GPU
+    python -m benchmarks.gpu_check --cpu --depth 2 --size 256 --steps 2 --lmm-size tiny   # CPU dry run
+
+Run it from the repository root.
 
 Builds, with random weights in the real file formats (cached under ``build/gpu_check/``):
 
@@ -12,7 +14,7 @@ Builds, with random weights in the real file formats (cached under ``build/gpu_c
   adapter for the DiT's width;
 
 then starts the **real ComfyUI server** on the GPU (this pack and the measurement probe
-``scripts/gpu_check_probe.py`` in ``custom_nodes``) once per memory mode and queues:
+``benchmarks/gpu_check_probe.py`` in ``custom_nodes``) once per memory mode and queues:
 
 1. the baseline: the same DiT sampled with ordinary SD3.5-shaped conditioning
    (154 × 4096 tokens, 2048-d pooled) and no LMM in the graph;
@@ -43,8 +45,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 TEXT_PROMPT = "a photograph of an astronaut riding a horse on the surface of the moon with dramatic lighting"
 FUSE_PROMPT = "the [hat] on the head of the [cat]"
@@ -151,7 +151,7 @@ def run_mode(mode: str, m: dict, args, work: str, log=print) -> dict:
     host.prepare_base_dir(base, models_dir=m["models"])
     probe = os.path.join(base, "custom_nodes", "gpu_check_probe.py")
     if not os.path.lexists(probe):
-        os.symlink(os.path.join(ROOT, "scripts", "gpu_check_probe.py"), probe)
+        os.symlink(os.path.join(ROOT, "benchmarks", "gpu_check_probe.py"), probe)
     probe_log = os.path.join(base, "probe.jsonl")
     os.environ["GPU_CHECK_PROBE_LOG"] = probe_log
     extra = ["--verbose", "DEBUG"]

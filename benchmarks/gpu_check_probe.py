@@ -1,4 +1,4 @@
-"""Measurement probe that ``scripts/gpu_check.py`` links into the check server's
+"""Measurement probe that ``benchmarks/gpu_check.py`` links into the check server's
 ``custom_nodes`` (never part of the pack, never shipped to users).
 
 * ``GpuCheckConditioning``: ordinary SD3.5-shaped conditioning (``tokens`` × 4096 context,
