@@ -3,7 +3,8 @@ the thumbnails, the miniature's evaluation, the benchmarks and the tests.
 
 * :mod:`.importer` — import ComfyUI in-process (``import_comfy``);
 * :mod:`.base_dir` — lay out a ComfyUI base directory with this pack in ``custom_nodes``;
-* :mod:`.server` — start the real server and queue prompts over HTTP;
+* :mod:`.server` — start the real server (through ``launch.py``, run by path) and queue
+  prompts over HTTP;
 * :mod:`.workflows` — the shipped workflows and :func:`~.workflows.configure`, the one
   way their widget values are changed.
 

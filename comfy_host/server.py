@@ -1,6 +1,6 @@
 """The real ComfyUI server with this pack loaded from ``custom_nodes``.
 
-* :class:`ComfyServer` starts ComfyUI's ``main.py`` (through ``scripts/run_comfyui.py``)
+* :class:`ComfyServer` starts ComfyUI's ``main.py`` (through :mod:`comfy_host.launch`)
   on loopback, queues prompts through the HTTP API and waits for their history.
 * :func:`get_server` is one shared server per process (started on first use in a base
   directory laid out by :func:`comfy_host.base_dir.prepare_base_dir`, stopped at exit).
@@ -73,7 +73,7 @@ class ComfyServer:
 
     # ------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 180) -> "ComfyServer":
-        cmd = [PY, os.path.join(ROOT, "scripts", "run_comfyui.py"), "--listen", "127.0.0.1",
+        cmd = [PY, os.path.join(ROOT, "comfy_host", "launch.py"), "--listen", "127.0.0.1",
                "--port", str(self.port), "--disable-auto-launch", "--base-directory", self.base_dir,
                "--database-url", "sqlite:///:memory:"] + (["--cpu"] if self.cpu else []) + self.extra_args
         env = dict(os.environ, PYTHONUNBUFFERED="1")

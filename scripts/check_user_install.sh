@@ -71,8 +71,10 @@ print(f"[user-install] torch {torch.__version__}, transformers {transformers.__v
 PY
 WF="$(cd "$PACK" && find . -path '*/api/1_text_to_image.json' | head -n1)"
 [ -n "$WF" ] || { echo "workflow 1 (API format) not found in the pack" >&2; exit 1; }
-DRIVE=("$PY" "$PACK/scripts/user_install_driver.py" --comfyui "$COMFY" --workflow "$PACK/$WF"
+# The driver runs as a module of the pack copy (its folder is the current directory).
+DRIVE=("$PY" -m scripts.user_install_driver --comfyui "$COMFY" --workflow "$PACK/$WF"
        --profile "$PACK/miniature/profile.json")
+cd "$PACK"
 
 "${DRIVE[@]}" --expect render --log "$WORK/comfyui.log"
 PYTHONPATH="$OLD_TF" "${DRIVE[@]}" --expect "error:transformers>=4.57" --log "$WORK/comfyui-old-transformers.log"

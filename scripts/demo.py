@@ -29,11 +29,12 @@ import os
 import sys
 import time
 
+if not __package__:  # run by path: this repository's packages are found from its root only
+    sys.exit("run it from the repository root as a module: python -m scripts.demo")
+
+import comfy_host as host  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import comfy_host as host  # noqa: E402  (needs ROOT on sys.path)
-
 
 MINIATURE = os.path.join(ROOT, "miniature")
 

@@ -3,7 +3,7 @@
 of that name, and the README's) and the README's demo picture
 (``docs/miniature_demo.png``).
 
-    python scripts/render_thumbnails.py            # needs the shipped miniature (make miniature --ship)
+    python -m scripts.render_thumbnails            # from the repository root; needs the shipped miniature
 
 Every picture is made by the real ComfyUI server from ``example_workflows/api/<name>.json``
 with only widget values changed (``comfy_host.workflows.configure``): the
@@ -19,10 +19,15 @@ import sys
 
 from PIL import Image, ImageDraw
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if not __package__:  # run by path: this repository's packages are found from its root only
+    sys.exit("run it from the repository root as a module: python -m scripts.render_thumbnails")
 
+import comfy_host as host  # noqa: E402
 from miniature.shapes_world import Obj, Scene, render  # noqa: E402
+
+from .demo import MINIATURE, miniature_profile  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CELL = 128
 
@@ -67,9 +72,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "example_workflows"), help="where the thumbnails go")
     ap.add_argument("--demo-out", default=os.path.join(ROOT, "docs", "miniature_demo.png"))
     args = ap.parse_args(argv)
-
-    from scripts.demo import MINIATURE, miniature_profile
-    import comfy_host as host
 
     prof = miniature_profile()
     if prof is None:

@@ -1,21 +1,24 @@
 """Drive a ComfyUI installed as a user installs it (run by scripts/check_user_install.sh).
 
 It runs in the user's virtual environment, where the pack exists only as the copy in
-``custom_nodes/``; besides the standard library it uses only that copy's
+``custom_nodes/``, as a module of that copy (``cd`` into it, then ``python -m
+scripts.user_install_driver``); besides the standard library it uses only that copy's
 ``comfy_host.workflows`` (standard library too). It starts ComfyUI's own ``main.py``,
 reads ``/object_info`` and queues workflow 1 (API format) with the embedded miniature's
 values (``miniature/profile.json``, applied by ``comfy_host.workflows.apply_profile``,
 the one place widget values are changed).
 
-    python user_install_driver.py --comfyui DIR --workflow API.json --profile profile.json \
+    python -m scripts.user_install_driver --comfyui DIR --workflow API.json --profile profile.json \
         --expect render            # workflow 1 renders one image of the profile's size
-    python user_install_driver.py ... --expect error:TEXT   # it fails with a message containing TEXT
+    python -m scripts.user_install_driver ... --expect error:TEXT   # it fails with a message containing TEXT
 
-The server is started through a small launcher that stands in for a torchvision
-matching torch: this machine's package registry has only CUDA torchvision wheels,
-whose compiled operators cannot load next to the CPU torch, and ComfyUI imports
-torchvision before any custom node. The launcher defines the two operator schemas
-torchvision's Python side needs, then runs ``main.py`` unchanged.
+The server is started through the copy's ``comfy_host/launch.py`` (run by path, so the
+server process imports nothing of the pack but what ComfyUI loads from ``custom_nodes``):
+it stands in for a torchvision matching torch — this machine's package registry has only
+CUDA torchvision wheels, whose compiled operators cannot load next to the CPU torch, and
+ComfyUI imports torchvision before any custom node — with the core's own fix
+(``dream_engine_core/compat.py: ensure_torchvision_importable``), then runs ``main.py``
+unchanged.
 """
 from __future__ import annotations
 
@@ -31,28 +34,11 @@ import urllib.error
 import urllib.request
 import uuid
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, PACK_DIR)
-from comfy_host.workflows import apply_profile  # noqa: E402  (the pack copy's own, standard library only)
+from comfy_host.workflows import apply_profile  # the pack copy's own (standard library only)
 
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(PACK_DIR, "comfy_host", "launch.py")
 NODES = ("LoadDreamEngine", "DreamEngineInterleavedConditioning", "DreamEngineImageSegment", "DreamEngineBlendRatio")
-LAUNCHER = r"""
-import os, runpy, sys, torch
-try:
-    import torchvision  # noqa: F401
-except RuntimeError as e:  # a torchvision built for another torch (see the driver's docstring)
-    if "torchvision::" not in str(e):
-        raise
-    for m in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-        del sys.modules[m]
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-main = os.path.join(os.getcwd(), "main.py")
-sys.path.insert(0, os.getcwd())
-sys.argv = [main] + sys.argv[1:]
-runpy.run_path(main, run_name="__main__")
-"""
 
 
 def free_port() -> int:
@@ -91,9 +77,9 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(a.log, "w")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--disable-auto-launch"], cwd=a.comfyui, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, LAUNCH, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--disable-auto-launch"], cwd=a.comfyui, env=dict(os.environ, COMFYUI_PATH=a.comfyui),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + a.timeout
         while True:

@@ -1,0 +1,56 @@
+"""Start the real ComfyUI server (its own ``main.py``, unchanged) with the one environment
+fix the pack's core makes; arguments go to ``main.py``:
+
+    .venv/bin/python comfy_host/launch.py --cpu --listen 127.0.0.1 --port 8188 \
+        --disable-auto-launch --base-directory DIR
+
+ComfyUI's ``main.py`` imports torchvision before custom nodes load; on a CPU torch with
+the registry's CUDA torchvision that import fails unless
+``dream_engine_core.compat.ensure_torchvision_importable`` has run first. This file is run
+by path (``comfy_host.server.ComfyServer`` does, and so does
+``scripts/user_install_driver.py`` in a user's ComfyUI), so it needs nothing of this
+repository on ``sys.path``: it loads the core's ``compat.py`` from the file beside it,
+and the server process imports nothing else of the repository (the pack is loaded by
+ComfyUI from ``custom_nodes``, exactly as a user's ComfyUI loads it).
+
+The ComfyUI folder is ``$COMFYUI_PATH`` or ``.venv/comfyui``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import runpy
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_torchvision_importable() -> None:
+    """Run the core's torchvision fix from ``dream_engine_core/compat.py`` (standard library
+    and torch only), loaded under a private name so no package of this repository is imported."""
+    spec = importlib.util.spec_from_file_location("_dream_engine_launch_compat",
+                                                  os.path.join(ROOT, "dream_engine_core", "compat.py"))
+    compat = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = compat  # keeps the operator library it may define alive
+    spec.loader.exec_module(compat)
+    compat.ensure_torchvision_importable()
+
+
+def main() -> None:
+    comfy = os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, ".venv", "comfyui")
+    main_py = os.path.join(comfy, "main.py")
+    if not os.path.isfile(main_py):
+        sys.exit(f"ComfyUI not found at {comfy}: run `make setup` or set COMFYUI_PATH")
+    make_torchvision_importable()
+    # main.py imports its siblings (server, nodes, comfy ...) from its own folder: neither this
+    # file's folder (comfy_host/server.py) nor the repository root (nodes/) may shadow them.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) not in (here, ROOT)]
+    sys.path.insert(0, comfy)
+    os.chdir(comfy)
+    sys.argv = [main_py] + sys.argv[1:]
+    runpy.run_path(main_py, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
