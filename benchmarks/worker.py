@@ -492,10 +492,12 @@ def case_server_cache(args: dict) -> dict:
     import uuid
 
     import comfy_host as host
+    from model_builders.comfy_formats import build_demo_models
 
-    root = host.ROOT
-
-    base = host.prepare_base_dir(os.path.join(root, "build", "bench", "server"))
+    base = os.path.join(host.ROOT, "build", "bench", "server")
+    host.import_comfy()
+    build_demo_models(os.path.join(base, "small_models"))
+    host.prepare_base_dir(base, os.path.join(base, "small_models"))
     srv = host.ComfyServer(base).start()
     try:
         def encodes():
@@ -542,7 +544,7 @@ def case_trainer(args: dict) -> dict:
     from comfy_host.importer import import_comfy
 
     import_comfy()
-    from model_builders.training_set import build_tiny_training_set
+    from miniature.training_set import build_tiny_training_set
     from training.train import Trainer, TrainConfig
 
     quick = args.get("quick", False)

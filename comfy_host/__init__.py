@@ -12,7 +12,6 @@ The pack itself never imports this package.
 """
 from .base_dir import EXAMPLE_IMAGES, PACK_NAME, ROOT, prepare_base_dir, write_example_images
 from .importer import comfyui_path, import_comfy
-from .server import (ComfyServer, PromptRejected, ServerError, execution_error, free_port, get_server,
-                     status_messages)
+from .server import ComfyServer, PromptRejected, ServerError, execution_error, free_port, status_messages
 from .workflows import (SMALL, WORKFLOWS, api_twin, apply_profile, configure, load_api, nodes_of,
                         small_model_profile, workflow_files)

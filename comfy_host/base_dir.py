@@ -1,7 +1,7 @@
-"""A ComfyUI base directory for the real server: ``models/`` with the small
-same-architecture models (or a models folder given by the caller, linked in),
-``custom_nodes/`` with this repository linked in as ``comfyui-dream-engine``, and two
-example images in ``input/``.
+"""A ComfyUI base directory for the real server: ``models/`` (a models folder given by
+the caller, linked in: the user's, the shipped miniature's, or the small random-weight set
+that ``model_builders.comfy_formats.build_demo_models`` writes), ``custom_nodes/`` with this
+repository linked in as ``comfyui-dream-engine``, and two example images in ``input/``.
 """
 from __future__ import annotations
 
@@ -33,19 +33,8 @@ def write_example_images(input_dir: str) -> list[str]:
     return out
 
 
-def build_small_models(models_dir: str) -> dict:
-    """Build (or find) the small model set in ``models_dir`` (needs ComfyUI importable)."""
-    from model_builders.comfy_formats import build_demo_models
-
-    from .importer import import_comfy
-
-    import_comfy()
-    return build_demo_models(models_dir)
-
-
-def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
-    """Lay out a ComfyUI base directory; ``models_dir``: use these models instead of
-    building the small set (linked in as ``base/models``)."""
+def prepare_base_dir(base: str, models_dir: str) -> str:
+    """Lay out a ComfyUI base directory whose ``models`` is a link to ``models_dir``."""
     os.makedirs(base, exist_ok=True)
     custom = os.path.join(base, "custom_nodes")
     os.makedirs(custom, exist_ok=True)
@@ -53,21 +42,14 @@ def prepare_base_dir(base: str, models_dir: str | None = None) -> str:
     if not os.path.lexists(link):
         os.symlink(ROOT, link)
     models = os.path.join(base, "models")
-    if models_dir is not None:
-        models_dir = os.path.abspath(models_dir)
-        if os.path.islink(models) and os.readlink(models) != models_dir:
-            os.unlink(models)
-        elif os.path.isdir(models) and not os.path.islink(models) and os.path.realpath(models) != os.path.realpath(models_dir):
-            # the small models an earlier run built here: keep them beside, link the requested set
-            os.replace(models, models + ".small")
-        if not os.path.lexists(models):
-            os.symlink(models_dir, models)
-    else:
-        if os.path.islink(models):  # never build into a linked models folder (e.g. the shipped miniature)
-            os.unlink(models)
-        if os.path.isdir(models + ".small") and not os.path.lexists(models):
-            os.replace(models + ".small", models)
-        build_small_models(models)
+    models_dir = os.path.abspath(models_dir)
+    if os.path.islink(models) and os.readlink(models) != models_dir:
+        os.unlink(models)
+    elif os.path.isdir(models) and not os.path.islink(models) and os.path.realpath(models) != os.path.realpath(models_dir):
+        # models an earlier layout built in place: keep them beside, link the requested set
+        os.replace(models, models + ".small")
+    if not os.path.lexists(models):
+        os.symlink(models_dir, models)
     write_example_images(os.path.join(base, "input"))
     return base
 

@@ -1,29 +1,25 @@
 """The real ComfyUI server with this pack loaded from ``custom_nodes``.
 
-* :class:`ComfyServer` starts ComfyUI's ``main.py`` (through :mod:`comfy_host.launch`)
-  on loopback, queues prompts through the HTTP API and waits for their history.
-* :func:`get_server` is one shared server per process (started on first use in a base
-  directory laid out by :func:`comfy_host.base_dir.prepare_base_dir`, stopped at exit).
+:class:`ComfyServer` starts ComfyUI's ``main.py`` (through ``comfy_host/launch.py``) on
+loopback in a base directory (laid out by :func:`comfy_host.base_dir.prepare_base_dir`),
+queues prompts through the HTTP API and waits for their history.
 
 Nothing here imports the pack; the server loads it itself.
 """
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 
-from .base_dir import ROOT, prepare_base_dir
+from .base_dir import ROOT
 
 PY = sys.executable
 
@@ -187,30 +183,3 @@ def status_messages(entry: dict, kind: str) -> list[dict]:
 def execution_error(entry: dict) -> dict | None:
     errs = status_messages(entry, "execution_error")
     return errs[0] if errs else None
-
-
-# ----------------------------------------------------------------- shared server
-_SERVER: ComfyServer | None = None
-_BASE: str | None = None
-
-
-def get_server() -> ComfyServer:
-    """One server for the whole test session (the pack loaded from custom_nodes)."""
-    global _SERVER, _BASE
-    if _SERVER is not None and _SERVER.alive():
-        return _SERVER
-    if _BASE is None:
-        _BASE = tempfile.mkdtemp(prefix="dream-engine-comfy-")
-        prepare_base_dir(_BASE)
-        atexit.register(_cleanup)
-    _SERVER = ComfyServer(_BASE).start()
-    return _SERVER
-
-
-def _cleanup():
-    global _SERVER
-    if _SERVER is not None:
-        _SERVER.stop()
-        _SERVER = None
-    if _BASE and os.environ.get("DREAM_ENGINE_KEEP_SERVER_DIR") != "1":
-        shutil.rmtree(_BASE, ignore_errors=True)

@@ -6,8 +6,10 @@ as the real model:
   safetensors) of any size, and adapters;
 * :mod:`.comfy_formats` — an SD3.5-format MMDiT, a 16-channel TAESD VAE and a DiT LoRA
   that ComfyUI's own loaders detect, and the small model set of ``make demo``;
-* :mod:`.full_size` — full-size models written one tensor at a time (benchmarks);
-* :mod:`.training_set` — a complete tiny training set (models and a manifest).
+* :mod:`.full_size` — full-size models written one tensor at a time (benchmarks).
+
+The tiny training set (these models and a shapes-world manifest) is
+``miniature.training_set``.
 
 Nothing is downloaded.
 """

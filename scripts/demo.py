@@ -50,6 +50,16 @@ def miniature_profile() -> dict | None:
         return json.load(f)
 
 
+def small_models(base: str) -> str:
+    """The small random-weight model set, built (once) in ``base/small_models``."""
+    from model_builders.comfy_formats import build_demo_models
+
+    host.import_comfy()
+    folder = os.path.join(base, "small_models")
+    build_demo_models(folder)
+    return folder
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +96,7 @@ def main(argv=None) -> int:
     else:
         print("[demo] models: " + (os.path.abspath(args.models_dir) if args.models_dir else
                                    "built-in small models (random weights; the image is noise-like by design)"))
-        host.prepare_base_dir(base, args.models_dir)
+        host.prepare_base_dir(base, args.models_dir or small_models(base))
     prompt = host.load_api(args.workflow)
     if mini:
         prompt = host.apply_profile(prompt, mini)

@@ -1,9 +1,12 @@
 """Shared fixtures: small same-architecture models built once per session."""
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -61,6 +64,37 @@ def comfy():
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "dream_engine_pack_under_test"
+_SHARED: dict = {}
+
+
+def shared_server():
+    """One real ComfyUI server for the whole test session, started on first use: the pack in
+    ``custom_nodes`` and the small model set in ``models`` (built once); stopped at exit
+    (its folder kept when ``DREAM_ENGINE_KEEP_SERVER_DIR=1``)."""
+    import comfy_host as host
+
+    server = _SHARED.get("server")
+    if server is not None and server.alive():
+        return server
+    if "base" not in _SHARED:
+        from model_builders.comfy_formats import build_demo_models
+
+        base = _SHARED["base"] = tempfile.mkdtemp(prefix="dream-engine-comfy-")
+        host.import_comfy()
+        small = os.path.join(base, "small_models")
+        build_demo_models(small)
+        host.prepare_base_dir(base, small)
+        atexit.register(_stop_shared_server)
+    server = _SHARED["server"] = host.ComfyServer(_SHARED["base"]).start()
+    return server
+
+
+def _stop_shared_server():
+    server = _SHARED.pop("server", None)
+    if server is not None:
+        server.stop()
+    if os.environ.get("DREAM_ENGINE_KEEP_SERVER_DIR") != "1":
+        shutil.rmtree(_SHARED["base"], ignore_errors=True)
 
 
 def load_pack():

@@ -22,7 +22,7 @@ def run(tmp_path_factory, comfy):
     """A tiny stage-2 run exported into a ComfyUI models folder."""
     import folder_paths
 
-    from model_builders.training_set import build_tiny_training_set
+    from miniature.training_set import build_tiny_training_set
     from training.train import TrainConfig, Trainer
 
     models = tmp_path_factory.mktemp("export_models")

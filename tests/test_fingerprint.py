@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import comfy_host as host
+from conftest import shared_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Q0 = "model.layers.0.self_attn.q_proj.weight"
@@ -102,7 +103,7 @@ def test_trainer_export_records_the_fingerprint(tiny_lmm_dir, tiny_adapter_path,
 
 @pytest.fixture(scope="module")
 def server():
-    return host.get_server()
+    return shared_server()
 
 
 def _t2i(lmm: str, adapter: str, check: str | None = None) -> dict:

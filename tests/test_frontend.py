@@ -22,6 +22,7 @@ import time
 import pytest
 
 import comfy_host as host
+from conftest import shared_server
 
 CHROMIUM = os.environ.get("DREAM_ENGINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -50,7 +51,7 @@ MEASURE = """async () => {
 
 
 def _server():
-    server = host.get_server()
+    server = shared_server()
     # A first visit would open the template browser; mark the tutorial as done. The
     # minimap would cover part of the screenshots, and below a font size of a few pixels
     # the canvas draws nodes without text (level of detail): draw it at every zoom.
@@ -248,7 +249,7 @@ def test_workflow_queued_from_nodes_2_runs(vue_page):
     """Workflow 3 (two images, fuse) queued with the frontend's own queue call in Nodes 2.0
     mode, its model widgets set to the small model set, runs to an image on the server."""
     pg = vue_page
-    server = host.get_server()
+    server = shared_server()
     load(pg, os.path.join(host.WORKFLOWS, "3_object_fusion.json"))
     values = {"unet_name": host.SMALL["unet_name"], "lora_name": host.SMALL["lora_name"],
               "vae_name": host.SMALL["vae_name"], "lmm": host.SMALL["lmm"], "adapter": host.SMALL["adapter"],
@@ -280,7 +281,7 @@ def test_conditioning_node_shows_what_the_model_saw():
     screenshot of the node to tests/artifacts/."""
     import uuid
 
-    server = host.get_server()
+    server = shared_server()
     server.post("/settings/Comfy.TutorialCompleted", True)
     api = host.small_model_profile(host.load_api("3_object_fusion.json"), size=128)
     cond = host.nodes_of(api, "DreamEngineInterleavedConditioning")[0]

@@ -1,7 +1,7 @@
 """Hostile inputs: every input of every node, every model file the pack reads, wrong
 wiring and interrupts, as a demanding user (or a hostile API client) would try them.
 
-Node cases run through the real ComfyUI server (``comfy_host.get_server``). Each case
+Node cases run through the real ComfyUI server (``shared_server`` in ``tests/conftest.py``). Each case
 asserts a clear error that names the fix, on the right node and input, once; that no
 image was written (nothing half-way); and the server keeps serving. The README's
 "Reliability" section lists these cases with the messages users see.
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import comfy_host as host
+from conftest import shared_server
 from dream_engine_core.weights import WeightsError, check_safetensors
 
 S = host.SMALL
@@ -63,7 +64,7 @@ def graph(text: str = "a red circle", *, lmm: str = S["lmm"], adapter: str = S["
 
 @pytest.fixture(scope="module")
 def server():
-    return host.get_server()
+    return shared_server()
 
 
 def _models(server, *parts) -> str:

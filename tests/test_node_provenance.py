@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 import comfy_host as host
+from conftest import shared_server
 
 
 @pytest.fixture(scope="module")
 def server():
-    return host.get_server()
+    return shared_server()
 
 
 def fusion_prompt(text: str) -> dict:

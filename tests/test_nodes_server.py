@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 import comfy_host as host
+from conftest import shared_server
 
 NODE_INPUTS = {
     "LoadDreamEngine": ["model", "lmm", "adapter", "dtype", "device", "fingerprint_check"],
@@ -19,7 +20,7 @@ NODE_INPUTS = {
 
 @pytest.fixture(scope="module")
 def server():
-    return host.get_server()
+    return shared_server()
 
 
 def encodes(server) -> int:

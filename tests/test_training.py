@@ -20,7 +20,7 @@ PY = sys.executable
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, comfy):
-    from model_builders.training_set import build_tiny_training_set
+    from miniature.training_set import build_tiny_training_set
 
     return build_tiny_training_set(str(tmp_path_factory.mktemp("tiny_train")), n_records=8)
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import comfy_host as host
+from conftest import shared_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +20,7 @@ WORKFLOWS = host.workflow_files()
 
 @pytest.fixture(scope="module")
 def server():
-    return host.get_server()
+    return shared_server()
 
 
 def test_workflow_files_are_generated_and_paired():

@@ -1,7 +1,8 @@
-"""A complete tiny training setup (tests, docs quick-start): SD3.5-format DiT,
-16-channel VAE, small Qwen2-VL and a shapes-world manifest covering all four tasks.
+"""A complete tiny training setup (tests, benchmarks, docs quick-start): SD3.5-format DiT,
+16-channel VAE, small Qwen2-VL (``model_builders``) and a shapes-world manifest covering all
+four tasks.
 
-    python -m model_builders.training_set build/tiny_train     # then see docs/training.md
+    python -m miniature.training_set build/tiny_train     # then see docs/training.md
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, see
     from comfy_host.importer import import_comfy
 
     import_comfy()
-    from miniature.shapes_world import write_dataset
-    from .comfy_formats import build_core_models
+    from model_builders.comfy_formats import build_core_models
+
+    from .shapes_world import write_dataset
 
     paths = {
         "dit": os.path.join(folder, "dit.safetensors"),
