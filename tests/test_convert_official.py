@@ -326,7 +326,8 @@ def test_changed_buffer_is_refused_by_the_lora_form(stock, tmp_path, comfy):
     carry that (a buffer), so the LoRA form refuses and names the merged form."""
     import comfy.sd
 
-    from tools.convert_official import COMFY_BUFFERS, ConversionError, convert
+    from tools.convert_official import ConversionError, convert
+    from tools.release.dit_lora import COMFY_BUFFERS
 
     model = comfy.sd.load_diffusion_model(stock["dit"]).model.diffusion_model
     assert set(COMFY_BUFFERS) == {k for k, _ in model.named_buffers()} & set(model.state_dict())
@@ -435,16 +436,22 @@ def test_unknown_key_fails_loudly_and_writes_nothing(stock, tmp_path):
 
 
 def test_pickles_are_opened_only_by_the_converter():
-    """``torch.load`` appears only in the converter, always with weights_only=True."""
-    import re
+    """``torch.load`` is called once in product code, by the converter's reader, with
+    weights_only=True and mmap=True (the calls are read from the syntax tree)."""
+    import ast
 
-    hits = []
-    for base in ("dream_engine_core", "training", "nodes", "tools", "miniature", "model_builders", "comfy_host"):
+    calls = []
+    for base in ("dream_engine_core", "training", "nodes", "tools", "miniature", "model_builders", "comfy_host",
+                 "benchmarks", "scripts"):
         for dp, _, files in os.walk(os.path.join(ROOT, base)):
             for fn in files:
                 if fn.endswith(".py"):
-                    src = open(os.path.join(dp, fn), encoding="utf-8").read()
-                    for m in re.finditer(r"torch\.load\(([^)]*)\)", src):
-                        hits.append((os.path.relpath(os.path.join(dp, fn), ROOT), m.group(1)))
-    assert hits and all(f == os.path.join("tools", "convert_official.py") and "weights_only=True" in a
-                        for f, a in hits), hits
+                    path = os.path.join(dp, fn)
+                    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                                node.func.attr == "load" and getattr(node.func.value, "id", None) == "torch":
+                            kw = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                            calls.append((os.path.relpath(path, ROOT), kw))
+    assert len(calls) == 1, calls
+    f, kw = calls[0]
+    assert f == os.path.join("tools", "release", "reader.py") and kw["weights_only"] is True and kw["mmap"] is True

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from dream_engine_core.encoder import LMMEncoder, LMMFolderError, check_lmm_folder
 from dream_engine_core.prompt import ImageRef, build_task_inputs
 from model_builders.qwen2vl import build_qwen2vl_tokenizer
-from tools.convert_official import LMM_COPY_SKIP
+from tools.release.writers import LMM_COPY_SKIP
 
 from test_image_preprocessing import random_image
 
