@@ -7,13 +7,20 @@ the duration of a ``with`` block; each hook calls ``check()``, which raises to s
 (ComfyUI's ``throw_exception_if_processing_interrupted``). An interrupt therefore
 stops the pass before the next layer or block runs, and the hooks are removed
 however the block ends, so the next prompt runs unhooked as before.
+
+:func:`between_stages_only` turns the hooks off for the duration of a ``with`` block (in
+the current thread or task only): checks then run only between the encoder's stages, the
+comparison the cancel-latency benchmark makes.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Callable, Iterator
 
 import torch
+
+_LAYER_CHECKS = contextvars.ContextVar("dream_engine_layer_checks", default=True)
 
 
 def interrupt_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -25,8 +32,9 @@ def interrupt_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def interrupt_points(model: torch.nn.Module, check: Callable[[], None] | None) -> Iterator[None]:
     """Call ``check()`` before every language-model layer and vision-tower block of
-    ``model`` while inside; nothing is registered when ``check`` is ``None``."""
-    if check is None:
+    ``model`` while inside; nothing is registered when ``check`` is ``None`` or inside
+    :func:`between_stages_only`."""
+    if check is None or not _LAYER_CHECKS.get():
         yield
         return
 
@@ -39,3 +47,14 @@ def interrupt_points(model: torch.nn.Module, check: Callable[[], None] | None) -
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def between_stages_only() -> Iterator[None]:
+    """While inside, :func:`interrupt_points` registers no hook: an interrupt is seen only
+    between the encoder's stages."""
+    token = _LAYER_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _LAYER_CHECKS.reset(token)

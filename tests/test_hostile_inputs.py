@@ -503,6 +503,27 @@ def test_interrupt_stops_a_vision_pass_before_its_last_block(engine):
             h.remove()
 
 
+def test_between_stages_only_registers_no_layer_check(engine):
+    """Inside ``interrupt.between_stages_only`` (the cancel benchmark's comparison) an encode
+    checks between its stages only: no layer or block hook is registered during it, and
+    outside it they are again."""
+    from dream_engine_core.interrupt import between_stages_only, interrupt_modules
+
+    mods = interrupt_modules(engine.encoder.model)
+    seen = []
+
+    def check():  # how many hooks are registered when a check runs
+        seen.append(sum(len(m._forward_pre_hooks) for m in mods))
+
+    with between_stages_only():
+        engine.encode(f"a prompt checked between stages {uuid.uuid4().hex}", check_interrupt=check)
+    inside = list(seen)
+    seen.clear()
+    engine.encode(f"a prompt checked at every layer {uuid.uuid4().hex}", check_interrupt=check)
+    assert inside and not any(inside), inside
+    assert len(seen) > len(inside) and max(seen) == len(mods), (seen, len(mods))
+
+
 async def _interrupt_after_first_progress(server, p: dict, node: str) -> str:
     import aiohttp
 
