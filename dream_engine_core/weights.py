@@ -1,7 +1,9 @@
-"""Safetensors I/O for the pack's weights: adapters with metadata, checked loads.
+"""Safetensors I/O for the pack's weights: checked loads, the one reader of a sharded
+checkpoint's index, adapters with metadata.
 
 Only safetensors are read or written. A file that is not safetensors (a pickle
-``.bin``/``.pt``/``.ckpt``) is refused with an error that names the converter.
+``.bin``/``.pt``/``.ckpt``) is refused with an error that names the converter. Writers that
+only the tools use (the streaming writer, the LoRA merge) are in ``tools/weights.py``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class WeightsError(DreamEngineError, ValueError):
 
 
 REDOWNLOAD_HINT = "re-download the file (or re-export it with the tool that wrote it)"
+HF_INDEX = "model.safetensors.index.json"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -95,32 +98,53 @@ def check_adapter_lmm(spec: AdapterSpec, lmm_hidden: int, adapter: str) -> None:
                            f"the LMM (Qwen2-VL-2B-Instruct: 1536)")
 
 
+def read_weight_map(index: str) -> dict[str, str]:
+    """The ``weight_map`` (key → shard file name) of a sharded checkpoint's ``*.index.json``
+    (transformers' ``model.safetensors.index.json``, diffusers' ``….bin.index.json``): the one
+    reader of that file. Raises :class:`WeightsError` when it is unreadable."""
+    try:
+        with open(index) as f:
+            wm = json.load(f)["weight_map"]
+        if not isinstance(wm, dict):
+            raise ValueError("its weight_map is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{index} is unreadable ({err!r}); {REDOWNLOAD_HINT}") from None
+    return wm
+
+
+def folder_weight_map(folder: str) -> dict[str, str]:
+    """key → weights file of an HF model folder: from its ``model.safetensors.index.json``
+    when it has one, else from the headers of its ``*.safetensors`` files (each checked by
+    :func:`check_safetensors`); empty when it holds none."""
+    index = os.path.join(folder, HF_INDEX)
+    if os.path.isfile(index):
+        return {k: os.path.join(folder, v) for k, v in read_weight_map(index).items()}
+    out = {}
+    for fn in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, fn)
+        out.update(dict.fromkeys((k for k in check_safetensors(path) if k != "__metadata__"), path))
+    return out
+
+
 def check_lmm_weights(folder: str) -> None:
     """:func:`check_safetensors` on every weight file of an HF-format LMM folder
     (``model.safetensors``, or each shard its ``model.safetensors.index.json`` names),
     before transformers opens them."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise WeightsError(f"{index} is unreadable ({err}); {REDOWNLOAD_HINT}") from None
-    else:
-        shards = ["model.safetensors"]
+    index = os.path.join(folder, HF_INDEX)
+    shards = sorted(set(read_weight_map(index).values())) if os.path.isfile(index) else ["model.safetensors"]
     fix = "re-download the LMM folder (or re-export it with the tool that wrote it)"
     for s in shards:
         check_safetensors(os.path.join(folder, s), fix)
 
 
-def _usual_permissions(path: str) -> None:
+def usual_permissions(path: str) -> None:
     """``mkstemp`` creates 0600; give a written file the permissions ``open`` would (0666 & ~umask)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
 
 
-def _temp_next_to(path: str) -> str:
+def temp_next_to(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
@@ -131,107 +155,15 @@ def _temp_next_to(path: str) -> str:
 def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file via a temporary file in the same folder and a rename,
     so that a crash never leaves a half-written file under the final name."""
-    tmp = _temp_next_to(path)
+    tmp = temp_next_to(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        _usual_permissions(tmp)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-             torch.bool: "BOOL"}
-for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
-    if hasattr(torch, _name):
-        ST_DTYPES[getattr(torch, _name)] = _code
-
-
-class StreamingSafetensors:
-    """Write a safetensors file tensor by tensor, for files larger than memory.
-
-    The header (names, dtypes, shapes, offsets) is given up front, so only the tensor
-    being written is in memory. Tensors must be written in the order given; each is
-    cast to its planned dtype. Like :func:`atomic_save`, the file is written under a
-    temporary name and renamed on :meth:`close` (``with`` closes it, or removes the
-    temporary file on an error), and gets the usual permissions.
-
-        with StreamingSafetensors(path, [(name, dtype, shape), ...], metadata) as w:
-            for name, ... : w.write(name, tensor)
-    """
-
-    def __init__(self, path: str, entries: list[tuple[str, torch.dtype, tuple]], metadata: dict | None = None):
-        self.path = path
-        header, off = {}, 0
-        self.sizes = {}
-        for name, dt, shape in entries:
-            n = int(torch.Size(shape).numel()) * torch.empty((), dtype=dt).element_size()
-            header[name] = {"dtype": ST_DTYPES[dt], "shape": [int(s) for s in shape], "data_offsets": [off, off + n]}
-            self.sizes[name] = (dt, tuple(int(s) for s in shape), n)
-            off += n
-        if metadata:
-            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.order = [e[0] for e in entries]
-        self.next = 0
-        self.bytes = 8 + len(raw) + off
-        self.tmp = _temp_next_to(path)
-        self.f = open(self.tmp, "wb")
-        self.f.write(struct.pack("<Q", len(raw)))
-        self.f.write(raw)
-
-    def write(self, name: str, t: torch.Tensor) -> None:
-        if self.next >= len(self.order) or self.order[self.next] != name:
-            expected = self.order[self.next] if self.next < len(self.order) else "nothing"
-            raise RuntimeError(f"tensor {name} written out of order (expected {expected})")
-        dt, shape, n = self.sizes[name]
-        t = t.detach().to("cpu", dt).contiguous()
-        if tuple(t.shape) != shape:
-            raise RuntimeError(f"{name}: shape {tuple(t.shape)} != planned {shape}")
-        if n:
-            data = memoryview(t.view(torch.uint8).numpy()) if t.dim() else t.reshape(1).view(torch.uint8).numpy().tobytes()
-            self.f.write(data)
-        self.next += 1
-
-    def close(self) -> None:
-        if self.next != len(self.order):
-            raise RuntimeError(f"{self.path}: {len(self.order) - self.next} tensors were not written")
-        self.f.close()
-        _usual_permissions(self.tmp)
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self.f.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
-
-
-def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, alpha: float | None = None,
-               strength: float = 1.0, scale: float | None = None) -> torch.Tensor:
-    """``weight + strength · (alpha / r) · B @ A`` in fp32, returned in ``weight``'s dtype
-    (``r`` = rows of A; ``alpha`` defaults to ``r``, as peft's and ComfyUI's LoRA do
-    without an alpha; ``scale`` replaces ``strength · alpha / r``, e.g. peft's
-    ``scaling``). The one LoRA merge of the pack (converter, trainers, tests)."""
-    if scale is None:
-        r = lora_a.shape[0]
-        scale = strength * ((float(alpha) if alpha is not None else r) / r)
-    return (weight.float() + scale * (lora_b.float() @ lora_a.float())).to(weight.dtype)
 
 
 def read_metadata(path: str) -> dict[str, str]:

@@ -41,9 +41,9 @@ def _fill_value(name: str, shape: tuple, gen: torch.Generator, dtype: torch.dtyp
 
 def write_random_safetensors(path: str, shapes: dict[str, tuple], dtype=torch.bfloat16, seed: int = 0,
                              std: float = 0.02, metadata: dict | None = None) -> int:
-    """Stream a safetensors file of random tensors (``dream_engine_core.weights.StreamingSafetensors``);
+    """Stream a safetensors file of random tensors (``tools.weights.StreamingSafetensors``);
     returns bytes written. Peak memory is one tensor (in fp32) at a time."""
-    from dream_engine_core.weights import StreamingSafetensors
+    from tools.weights import StreamingSafetensors
 
     gen = torch.Generator().manual_seed(seed)
     with StreamingSafetensors(path, [(k, dtype, tuple(shp)) for k, shp in shapes.items()], metadata) as w:

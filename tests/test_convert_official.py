@@ -190,7 +190,8 @@ def test_lmm_is_the_release_lmm_and_the_adapter_records_its_fingerprint(converte
     from safetensors.torch import load_file
 
     from dream_engine_core.fingerprint import lmm_fingerprint
-    from dream_engine_core.weights import merge_lora, read_metadata
+    from dream_engine_core.weights import read_metadata
+    from tools.weights import merge_lora
 
     fake, lmm = converted["fake"], converted["lora"]["lmm"]
     got = load_file(os.path.join(lmm, "model.safetensors"))

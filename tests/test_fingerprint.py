@@ -43,7 +43,7 @@ def test_fingerprint_follows_attention_weights_not_storage(tiny_lmm_dir, tmp_pat
     assert sorted(fingerprinted_tensors(keys)) == sorted(f"layers.{i}.self_attn.{p}_proj.weight"
                                                          for i in (0, 1) for p in "qkvo")
     # the same weights stored in bf16: same fingerprint; a LoRA-sized change of one projection: different
-    from dream_engine_core.weights import merge_lora
+    from tools.weights import merge_lora
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 64, generator=g) * 0.1, torch.randn(64, 4, generator=g) * 0.1

@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
     {"dream_engine_core"},
     {"nodes", "comfy_host"},
-    {"model_builders", "training", "tools"},
+    {"tools"},
+    {"model_builders", "training"},
     {"miniature"},
     {"benchmarks"},
     {"scripts"},

@@ -41,7 +41,6 @@ of the run is printed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -49,6 +48,7 @@ import sys
 
 import torch
 
+from dream_engine_core.weights import WeightsError, folder_weight_map
 from tools.release import ConversionError
 from tools.release.dit_lora import StockBase, plan_lora_form
 from tools.release.plan import Plan, plan
@@ -115,14 +115,7 @@ def _check_release(p: Plan, lmm_base: str | None) -> None:
 
 def _check_lmm_complete(p: Plan, lmm_base: str) -> None:
     """The release's LMM must hold every tensor of the stock model (none is taken from the stock folder)."""
-    idx = os.path.join(lmm_base, "model.safetensors.index.json")
-    if os.path.isfile(idx):
-        with open(idx) as f:
-            stock = set(json.load(f)["weight_map"])
-    else:
-        stock = {k for fn in os.listdir(lmm_base) if is_safetensors(fn)
-                 for k in st_shapes(os.path.join(lmm_base, fn))}
-    have = {t.key for t in p.of("lmm")}
+    stock, have = folder_weight_map(lmm_base), {t.key for t in p.of("lmm")}
     if not stock or not have:
         return
     norm = {re.sub(r"^model\.language_model\.", "model.", re.sub(r"^model\.visual\.", "visual.", k)) for k in stock}
@@ -277,7 +270,7 @@ def main(argv=None):
             ap.error("--out-dir is required (or --list for a dry run)")
         convert(a.release, a.out_dir, a.lmm_base, a.name, a.dtype, a.lora_alpha, progress=not a.no_progress,
                 dit_base=a.dit_base, dit_form=a.dit_form, lmm_name=a.lmm_name)
-    except ConversionError as e:
+    except (ConversionError, WeightsError) as e:
         print(f"conversion failed: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -25,7 +25,8 @@ import re
 import torch
 from torch import nn
 
-from dream_engine_core.weights import check_safetensors, merge_lora
+from dream_engine_core.weights import check_safetensors
+from tools.weights import merge_lora
 
 # diffusers target name → (ComfyUI sub-module of a joint block, split part or None)
 DIFFUSERS_TARGETS = {

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from dream_engine_core.weights import merge_lora
+from ..weights import merge_lora
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dream_engine_core.weights import ST_DTYPES, check_safetensors
+from dream_engine_core.weights import check_safetensors, read_weight_map
+
+from ..weights import ST_DTYPES
 
 from . import ConversionError
 
@@ -119,10 +121,9 @@ def locate(src: str, need_shards: bool = True) -> Release:
         with ShardReader() as shards:
             rel.weights = dict.fromkeys(shards.open(single).keys(), single)
         return rel
-    with open(index) as f:
-        wm = json.load(f).get("weight_map") or {}
+    wm = read_weight_map(index)
     if not wm:
-        raise ConversionError(f"the index {index} has no weight_map")
+        raise ConversionError(f"the index {index} names no weights (its weight_map is empty)")
     rel.weights = {k: os.path.join(folder, s) for k, s in wm.items()}
     rel.missing_shards = sorted({s for s in wm.values() if not os.path.isfile(os.path.join(folder, s))})
     if need_shards and rel.missing_shards:

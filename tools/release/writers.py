@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from dream_engine_core.weights import StreamingSafetensors
+from ..weights import StreamingSafetensors
 
 SOURCE = "official Dream Engine release (converted by tools.convert_official)"
 METADATA = {"format": "pt", "source": SOURCE}
