@@ -17,6 +17,14 @@ from model_builders.qwen2vl import LMMSize, Qwen2VocabMissing, build_tiny_adapte
 TINY = LMMSize()
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that takes a ``server`` fixture (the real ComfyUI server) is marked ``server``,
+    so ``make test-fast`` leaves it out (pyproject.toml lists the markers)."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(scope="session")
 def tiny_lmm_dir(tmp_path_factory) -> str:
     return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("lmm") / "tiny-Qwen2-VL"), TINY, seed=0)

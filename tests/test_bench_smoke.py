@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.heavy  # the benchmark harness, one long check
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

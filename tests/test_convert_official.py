@@ -396,6 +396,7 @@ def test_safetensors_shards_list_with_shapes_and_convert(demo_release, stock, tm
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.cli
 def test_list_cli_exit_status(demo_release, tmp_path):
     # the index alone (shards absent): the table is printed in full, and the missing shards are reported
     idx_only = tmp_path / "idx"
@@ -416,6 +417,7 @@ def test_list_cli_exit_status(demo_release, tmp_path):
     assert r.returncode == 2 and "text_encoders.clip_l.weight" in r.stdout and "UNMAPPED" in r.stdout
 
 
+@pytest.mark.cli
 def test_unknown_key_fails_loudly_and_writes_nothing(stock, tmp_path):
     from tools.convert_official import ConversionError, convert
 

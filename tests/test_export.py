@@ -14,6 +14,8 @@ import torch
 
 from conftest import comfy_nodes_module, load_pack, pack_module
 
+pytestmark = pytest.mark.training  # runs a trainer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

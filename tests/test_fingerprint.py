@@ -62,6 +62,7 @@ def test_fingerprint_follows_attention_weights_not_storage(tiny_lmm_dir, tmp_pat
     assert lmm_fingerprint(str(renamed)) == fp
 
 
+@pytest.mark.cli
 def test_save_adapter_records_and_tool_stamps(tiny_lmm_dir, tiny_adapter_path, tmp_path):
     from dream_engine_core.fingerprint import lmm_fingerprint
     from dream_engine_core.weights import load_adapter, read_metadata, save_adapter

@@ -36,8 +36,9 @@ DREAM_NODES = ("LoadDreamEngine", "DreamEngineInterleavedConditioning", "DreamEn
 NOTES = ("Note", "MarkdownNote")
 WORKFLOW_IDS = [os.path.basename(p) for p in host.workflow_files()]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="Debian chromium not installed (apt-get install -y chromium)")
+pytestmark = [pytest.mark.server,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                 reason="Debian chromium not installed (apt-get install -y chromium)")]
 
 # Node and group rectangles [x, y, w, h] in canvas units, read once two frames have been drawn.
 MEASURE = """async () => {

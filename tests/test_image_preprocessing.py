@@ -78,6 +78,7 @@ def release_chain(tiny_lmm_dir):
     return run
 
 
+@pytest.mark.heavy  # 150 image sizes through both chains
 @pytest.mark.filterwarnings("ignore:Passing `min_pixels`:FutureWarning")  # the release passes max_pixels
 def test_sweep_matches_the_release_chain(engine, release_chain):
     enc: LMMEncoder = engine.encoder

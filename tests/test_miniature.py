@@ -12,6 +12,8 @@ import os
 
 import pytest
 
+pytestmark = [pytest.mark.training, pytest.mark.server]  # the shortened miniature run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "miniature")
 

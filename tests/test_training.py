@@ -14,6 +14,8 @@ import time
 import pytest
 import torch
 
+pytestmark = pytest.mark.training  # runs a trainer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 

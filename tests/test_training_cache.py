@@ -3,6 +3,8 @@ import pytest
 
 from tests.test_training import _cfg, tiny  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.training  # runs a trainer
+
 
 @pytest.mark.parametrize("blend", ["random"])
 def test_cache_gives_the_same_losses(tiny, tmp_path, blend):  # noqa: F811

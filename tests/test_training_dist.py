@@ -14,6 +14,8 @@ import pytest
 
 from tests.test_training import PY, ROOT, _cli, _log_losses, tiny  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.training  # runs a trainer
+
 STEPS = 4
 
 

@@ -96,6 +96,7 @@ def _encode(tmp_path, name: str, pythonpath: str | None) -> tuple[dict, str]:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()["transformers"]
 
 
+@pytest.mark.heavy  # the encoder in a second process on the oldest transformers
 @pytest.mark.skipif(not os.path.isdir(os.path.join(OLDEST, "transformers")),
                     reason="oldest supported transformers not installed (scripts/test_oldest_transformers.sh)")
 def test_same_states_on_oldest_and_installed_transformers(tmp_path):

@@ -1,7 +1,10 @@
 """The miniature's VAE trainer: ComfyUI's TAESD, trained on shapes, loaded by ComfyUI."""
 import random
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.training  # runs a trainer
 
 
 def test_short_vae_run_learns_and_loads_in_comfy(comfy, tmp_path):
