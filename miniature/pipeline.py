@@ -20,8 +20,8 @@ Every part is the project's own code path, at miniature scale:
    reconstruction, ``r ~ U(0, 1)``): the paper's alignment stage;
 6. **stage 2** — LoRA on the DiT's attention projections plus the adapter on editing and
    fusion (with some replay of stage-1 data): the paper's instruction tuning;
-7. **export** — the DiT with the stage-2 LoRA merged (what the release ships) and, beside
-   it, the LoRA and adapter files the trainers export;
+7. **export** — the pretrained DiT (the base of stage 2) and, beside it, the stage-2 LoRA
+   (applied by ``LoraLoaderModelOnly`` in the workflows, never merged) and the adapter;
 8. **ShapesEval** — generated images rendered through ComfyUI's sampler on the real host
    (the shipped workflows' node graph), scored per category (``miniature.evaluate``).
 

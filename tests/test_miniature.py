@@ -3,7 +3,7 @@
 The shortened run (``--scale ci``) goes through the phases of ``make miniature`` —
 shapes data, frozen Qwen2-VL, DiT pretraining from scratch, stage 1, stage 2, export —
 and ShapesEval through the real ComfyUI server, at a size CI can afford (it takes the
-shipped VAE as its frozen autoencoder; ``training/miniature.py: SCALES`` says why).
+shipped VAE as its frozen autoencoder; ``miniature/pipeline.py: SCALES`` says why).
 """
 from __future__ import annotations
 
