@@ -94,83 +94,101 @@ def load_manifest(path: str, check_images: bool = True) -> list[Record]:
     """Parse and validate a manifest; raise :class:`ManifestError` listing every bad record."""
     if not os.path.isfile(path):
         raise ManifestError(path, [(0, "manifest", "file not found")])
-    root = os.path.dirname(os.path.abspath(path))
+    images = _ImagePaths(os.path.dirname(os.path.abspath(path)), check_images)
     records, problems = [], []
-    seen_images: dict[str, str | None] = {}
-
-    def image(p, ln, fld):
-        if not isinstance(p, str) or not p:
-            problems.append((ln, fld, f"must be a non-empty path string, got {p!r}"))
-            return None
-        full = p if os.path.isabs(p) else os.path.join(root, p)
-        if check_images:
-            if full not in seen_images:
-                seen_images[full] = _check_image(full)
-            if seen_images[full]:
-                problems.append((ln, fld, seen_images[full]))
-                return None
-        return full
-
     with open(path, encoding="utf-8") as f:
         for ln, raw in enumerate(f, start=1):
             s = raw.strip()
-            if not s or s.startswith("#"):
-                continue
-            n_before = len(problems)
-            try:
-                d = json.loads(s)
-            except json.JSONDecodeError as e:
-                problems.append((ln, "(line)", f"not valid JSON: {e.msg} at column {e.colno}"))
-                continue
-            if not isinstance(d, dict):
-                problems.append((ln, "(line)", f"must be a JSON object, got {type(d).__name__}"))
-                continue
-            task = TASK_ALIASES.get(d.get("task"))
-            if task is None:
-                problems.append((ln, "task", f"must be one of {sorted(TASK_ALIASES)}, got {d.get('task')!r}"))
-                continue
-            prompt = d.get("prompt", "")
-            if prompt is None:
-                prompt = ""
-            if not isinstance(prompt, str):
-                problems.append((ln, "prompt", f"must be a string, got {type(prompt).__name__}"))
-                prompt = ""
-            imgs = d.get("images", [])
-            if not isinstance(imgs, list):
-                problems.append((ln, "images", "must be a list of image paths"))
-                imgs = []
-            names = d.get("names")
-            if names is None:
-                names = [None] * len(imgs)
-            elif not isinstance(names, list) or len(names) != len(imgs) or \
-                    not all(n is None or isinstance(n, str) for n in names):
-                problems.append((ln, "names", f"must be a list of {len(imgs)} name strings (one per image)"))
-                names = [None] * len(imgs)
-            if "target" not in d:
-                problems.append((ln, "target", "missing (the image to learn to produce)"))
-            target = image(d.get("target"), ln, "target") if "target" in d else None
-            paths = [image(p, ln, f"images[{k}]") for k, p in enumerate(imgs)]
-            try:
-                ratio = check_ratio(d.get("ratio", 0.0))
-            except PromptError as e:
-                problems.append((ln, e.field, str(e)))
-                ratio = 0.0
-            if len(problems) == n_before:
-                try:  # the core's prompt rules: the prompt and its images must form a model input
-                    build_task_inputs("" if task == "reconstruct" else prompt, [ImageRef(n) for n in names], task,
-                                      style="training")
-                except PromptError as e:
-                    problems.append((ln, e.field, str(e)))
-            if len(problems) == n_before:
-                extra = {k: v for k, v in d.items() if k not in ("task", "prompt", "images", "names",
-                                                                  "target", "ratio")}
-                records.append(Record(ln, task, "" if task == "reconstruct" else prompt, paths,
-                                      list(names), target, ratio, extra))
+            if s and not s.startswith("#"):
+                rec = _record(ln, s, images, problems)
+                if rec is not None:
+                    records.append(rec)
     if problems:
         raise ManifestError(path, problems)
     if not records:
         raise ManifestError(path, [(0, "manifest", "holds no records")])
     return records
+
+
+class _ImagePaths:
+    """A manifest's image paths made absolute (relative to the manifest) and, with ``check``,
+    each file checked once (:func:`_check_image`)."""
+
+    def __init__(self, root: str, check: bool):
+        self.root, self.check, self.seen = root, check, {}
+
+    def __call__(self, p, ln: int, fld: str, problems: list) -> str | None:
+        if not isinstance(p, str) or not p:
+            problems.append((ln, fld, f"must be a non-empty path string, got {p!r}"))
+            return None
+        full = p if os.path.isabs(p) else os.path.join(self.root, p)
+        if self.check:
+            if full not in self.seen:
+                self.seen[full] = _check_image(full)
+            if self.seen[full]:
+                problems.append((ln, fld, self.seen[full]))
+                return None
+        return full
+
+
+def _record(ln: int, line: str, images: _ImagePaths, problems: list) -> Record | None:
+    """One manifest line as a record; every problem found is appended to ``problems``."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        problems.append((ln, "(line)", f"not valid JSON: {e.msg} at column {e.colno}"))
+        return None
+    if not isinstance(d, dict):
+        problems.append((ln, "(line)", f"must be a JSON object, got {type(d).__name__}"))
+        return None
+    task = TASK_ALIASES.get(d.get("task"))
+    if task is None:
+        problems.append((ln, "task", f"must be one of {sorted(TASK_ALIASES)}, got {d.get('task')!r}"))
+        return None
+    n_before = len(problems)
+    prompt, imgs, names = _prompt_images_names(ln, d, problems)
+    if "target" not in d:
+        problems.append((ln, "target", "missing (the image to learn to produce)"))
+    target = images(d.get("target"), ln, "target", problems) if "target" in d else None
+    paths = [images(p, ln, f"images[{k}]", problems) for k, p in enumerate(imgs)]
+    try:
+        ratio = check_ratio(d.get("ratio", 0.0))
+    except PromptError as e:
+        problems.append((ln, e.field, str(e)))
+        ratio = 0.0
+    if task == "reconstruct":
+        prompt = ""
+    if len(problems) == n_before:
+        try:  # the core's prompt rules: the prompt and its images must form a model input
+            build_task_inputs(prompt, [ImageRef(n) for n in names], task, style="training")
+        except PromptError as e:
+            problems.append((ln, e.field, str(e)))
+    if len(problems) != n_before:
+        return None
+    extra = {k: v for k, v in d.items() if k not in ("task", "prompt", "images", "names", "target", "ratio")}
+    return Record(ln, task, prompt, paths, list(names), target, ratio, extra)
+
+
+def _prompt_images_names(ln: int, d: dict, problems: list) -> tuple[str, list, list]:
+    """The record's prompt (a string), image list and one name (or None) per image."""
+    prompt = d.get("prompt", "")
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        problems.append((ln, "prompt", f"must be a string, got {type(prompt).__name__}"))
+        prompt = ""
+    imgs = d.get("images", [])
+    if not isinstance(imgs, list):
+        problems.append((ln, "images", "must be a list of image paths"))
+        imgs = []
+    names = d.get("names")
+    if names is None:
+        names = [None] * len(imgs)
+    elif not isinstance(names, list) or len(names) != len(imgs) or \
+            not all(n is None or isinstance(n, str) for n in names):
+        problems.append((ln, "names", f"must be a list of {len(imgs)} name strings (one per image)"))
+        names = [None] * len(imgs)
+    return prompt, imgs, names
 
 
 def bucket_keys(records: list[Record], tokenizer) -> list:
