@@ -64,7 +64,7 @@ def png_size(path: str) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def main() -> int:
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfyui", required=True)
     ap.add_argument("--workflow", required=True)
@@ -72,8 +72,69 @@ def main() -> int:
     ap.add_argument("--expect", default="render")
     ap.add_argument("--log", required=True)
     ap.add_argument("--timeout", type=float, default=600)
-    a = ap.parse_args()
+    return ap.parse_args()
 
+
+def wait_for_nodes(proc, url: str, a, deadline: float) -> None:
+    """Until ``/object_info`` answers; then it must list the pack's nodes, and the log no import failure."""
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"ComfyUI exited with {proc.returncode}; see {a.log}")
+        try:
+            info = http(url + "/object_info")
+            break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.time() > deadline:
+                raise SystemExit(f"ComfyUI did not answer within {a.timeout:.0f} s; see {a.log}")
+            time.sleep(1)
+    missing = [n for n in NODES if n not in info]
+    with open(a.log) as f:
+        text = f.read()
+    if missing:
+        raise SystemExit(f"/object_info lacks {missing}; ComfyUI log:\n{text[-3000:]}")
+    pack = os.path.basename(PACK_DIR)
+    failed = [ln for ln in text.splitlines() if "IMPORT FAILED" in ln and pack in ln]
+    if failed:
+        raise SystemExit(f"the pack failed to import: {failed}\n{text[-3000:]}")
+    print(f"[user-install] /object_info lists the {len(NODES)} nodes")
+
+
+def run_workflow(url: str, prompt: dict, deadline: float, timeout: float) -> dict:
+    """Queue ``prompt``; its history entry once it has finished (or failed)."""
+    pid = http(url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+    while True:
+        hist = http(url + f"/history/{pid}")
+        if pid in hist:  # an entry appears once the prompt has finished (or failed)
+            return hist[pid]
+        if time.time() > deadline:
+            raise SystemExit(f"workflow did not finish within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def check_outcome(entry: dict, a, size: int) -> None:
+    """``--expect render``: one image of the profile's size; ``--expect error:TEXT``: an error naming TEXT."""
+    errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    if a.expect == "render":
+        if errors:
+            raise SystemExit("workflow 1 failed: " + json.dumps(errors[0])[:3000])
+        images = [im for out in entry["outputs"].values() for im in out.get("images", [])]
+        assert len(images) == 1, images
+        path = os.path.join(a.comfyui, "output", images[0].get("subfolder", ""), images[0]["filename"])
+        got = png_size(path)
+        assert got == (size, size), got
+        print(f"[user-install] workflow 1 rendered {path} ({got[0]}x{got[1]})")
+        return
+    want = a.expect.split(":", 1)[1]
+    if not errors:
+        raise SystemExit(f"workflow 1 succeeded; expected an error containing {want!r}")
+    msg = errors[0]["exception_message"]
+    if want not in msg:
+        raise SystemExit(f"error message lacks {want!r}: {msg}")
+    print(f"[user-install] {errors[0]['node_type']} raised: {msg.strip()}")
+
+
+def main() -> int:
+    a = parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(a.log, "w")
@@ -82,60 +143,12 @@ def main() -> int:
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + a.timeout
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"ComfyUI exited with {proc.returncode}; see {a.log}")
-            try:
-                info = http(url + "/object_info")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    raise SystemExit(f"ComfyUI did not answer within {a.timeout:.0f} s; see {a.log}")
-                time.sleep(1)
-        missing = [n for n in NODES if n not in info]
-        with open(a.log) as f:
-            text = f.read()
-        if missing:
-            raise SystemExit(f"/object_info lacks {missing}; ComfyUI log:\n{text[-3000:]}")
-        pack = os.path.basename(PACK_DIR)
-        failed = [ln for ln in text.splitlines() if "IMPORT FAILED" in ln and pack in ln]
-        if failed:
-            raise SystemExit(f"the pack failed to import: {failed}\n{text[-3000:]}")
-        print(f"[user-install] /object_info lists the {len(NODES)} nodes")
-
+        wait_for_nodes(proc, url, a, deadline)
         with open(a.profile) as f:
             prof = json.load(f)
         with open(a.workflow) as f:
             prompt = apply_profile(json.load(f), prof)
-        body = http(url + "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-        pid = body["prompt_id"]
-        while True:
-            hist = http(url + f"/history/{pid}")
-            if pid in hist:  # an entry appears once the prompt has finished (or failed)
-                entry = hist[pid]
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"workflow did not finish within {a.timeout:.0f} s")
-            time.sleep(0.5)
-        errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
-        if a.expect == "render":
-            if errors:
-                raise SystemExit("workflow 1 failed: " + json.dumps(errors[0])[:3000])
-            images = [im for out in entry["outputs"].values() for im in out.get("images", [])]
-            assert len(images) == 1, images
-            im = images[0]
-            path = os.path.join(a.comfyui, "output", im.get("subfolder", ""), im["filename"])
-            size = png_size(path)
-            assert size == (prof["size"], prof["size"]), size
-            print(f"[user-install] workflow 1 rendered {path} ({size[0]}x{size[1]})")
-        else:
-            want = a.expect.split(":", 1)[1]
-            if not errors:
-                raise SystemExit(f"workflow 1 succeeded; expected an error containing {want!r}")
-            msg = errors[0]["exception_message"]
-            if want not in msg:
-                raise SystemExit(f"error message lacks {want!r}: {msg}")
-            print(f"[user-install] {errors[0]['node_type']} raised: {msg.strip()}")
+        check_outcome(run_workflow(url, prompt, deadline, a.timeout), a, prof["size"])
         return 0
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
