@@ -3,8 +3,8 @@ wiring and interrupts, as a demanding user (or a hostile API client) would try t
 
 Node cases run through the real ComfyUI server (``comfy_host.get_server``). Each case
 asserts a clear error that names the fix, on the right node and input, once; that no
-image was written (nothing half-way); and the server keeps serving. The README's
-"Reliability" section lists these cases with the messages users see.
+image was written (nothing half-way); and the server keeps serving. docs/reliability.md
+lists these cases with the messages users see.
 """
 from __future__ import annotations
 
