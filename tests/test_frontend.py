@@ -10,7 +10,10 @@ the server serves), in headless Chromium:
 * with the frontend's newer node renderer ("Nodes 2.0", setting
   ``Comfy.VueNodes.Enabled``): the Dream Engine nodes render every widget, nothing is
   logged as an error, the layout check holds, and a workflow queued from the page
-  runs on the server.
+  runs on the server;
+* each node's help page (``web/docs``) opened from the canvas, in English and in Chinese,
+  and the nodes' Chinese names (``locales/zh``) in a frontend that keeps a pack's
+  translations (see the section below).
 """
 from __future__ import annotations
 
