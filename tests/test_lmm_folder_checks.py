@@ -205,3 +205,19 @@ def test_missing_files_are_named_before_contents_are_read(folder):
     with pytest.raises(LMMFolderError) as ei:
         check_lmm_folder(d)
     assert "missing: tokenizer.json" in str(ei.value)
+
+
+def test_the_hub_config_layout_passes(folder):
+    """Qwen2-VL-2B-Instruct's own config.json keeps the text model's sizes at the top level
+    (transformers 5 writes them under text_config): both pass, and transformers builds the
+    same model from both."""
+    from transformers import AutoConfig
+
+    def flatten(cfg):
+        cfg.update({k: v for k, v in cfg.pop("text_config").items() if k != "model_type"})
+
+    nested, flat = folder(name="nested"), folder(_edit_json("config.json", flatten), "flat")
+    check_lmm_folder(flat)
+    a, b = (AutoConfig.from_pretrained(d, local_files_only=True) for d in (nested, flat))
+    assert (a.text_config.hidden_size, a.text_config.num_hidden_layers, a.text_config.vocab_size) == \
+        (b.text_config.hidden_size, b.text_config.num_hidden_layers, b.text_config.vocab_size)
