@@ -39,8 +39,6 @@ all masked, and ``pad_rows`` chooses it explicitly (:data:`PAD_ROWS`):
 """
 from __future__ import annotations
 
-import json
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
@@ -51,9 +49,8 @@ from PIL import Image
 from .compat import image_size_kwargs, load_processor, load_qwen2vl, require_transformers, rope_index, vision_merged
 from .errors import DreamEngineError
 from .prompt import IMG, ModelInput
-from .weights import check_lmm_weights
+from .lmm_folder import LMMFolderError, check_lmm_folder  # noqa: F401 - LMMFolderError re-exported
 
-TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 POSITIONS = ("mrope", "1d")
 PAD_ROWS = ("attention_free", "attend_all")
 DEFAULT_SHORT_SIDE = 336
@@ -63,71 +60,8 @@ DEFAULT_MAX_PIXELS = 512 * 28 * 28
 MAX_ASPECT_RATIO = 200
 
 
-class LMMFolderError(DreamEngineError, FileNotFoundError):
-    """The LMM folder is missing, incomplete or holds another model."""
-
-
 class ImageInputError(DreamEngineError, ValueError):
     """An image cannot be encoded (empty, wrong channel count, NaN …)."""
-
-
-def _has_image_processor_config(folder: str, have: set) -> bool:
-    """The image-processor settings ``from_pretrained`` reads: ``preprocessor_config.json``
-    (hub layout), or the ``image_processor`` entry of ``processor_config.json`` (the layout
-    transformers 5's ``save_pretrained`` writes)."""
-    if "preprocessor_config.json" in have:
-        return True
-    if "processor_config.json" in have:
-        try:
-            with open(os.path.join(folder, "processor_config.json")) as f:
-                return isinstance(json.load(f).get("image_processor"), dict)
-        except (OSError, ValueError, AttributeError):
-            return False
-    return False
-
-
-def check_lmm_folder(folder: str) -> None:
-    """Raise :class:`LMMFolderError` naming every file that is missing.
-
-    Accepts the layouts ``from_pretrained`` loads: the hub layout
-    (``preprocessor_config.json``) and the transformers-5 layout (``processor_config.json``
-    with the image-processor settings nested in it); ``tokenizer.json`` or ``vocab.json`` +
-    ``merges.txt``; ``model.safetensors`` or ``model.safetensors.index.json`` with every
-    shard it lists. ``tokenizer_config.json`` is optional, as for ``from_pretrained``.
-    """
-    if not os.path.isdir(folder):
-        raise LMMFolderError(f"LMM folder not found: {folder} (expected an HF-format Qwen2-VL-2B-Instruct folder)")
-    have = set(os.listdir(folder))
-    missing = [] if "config.json" in have else ["config.json"]
-    if not _has_image_processor_config(folder, have):
-        missing.append("preprocessor_config.json (or processor_config.json with its image_processor settings)")
-    if not any(all(f in have for f in group) for group in TOKENIZER_FILES):
-        missing.append("tokenizer.json (or vocab.json + merges.txt)")
-    if "model.safetensors.index.json" in have:
-        try:
-            with open(os.path.join(folder, "model.safetensors.index.json")) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise LMMFolderError(f"{folder}: model.safetensors.index.json is unreadable ({e}); copy it again "
-                                 f"from the model's folder") from e
-        missing += [s for s in shards if s not in have]
-    elif "model.safetensors" not in have:
-        pickles = sorted(f for f in have if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
-        if pickles:
-            missing.append("model.safetensors (found only pickled weights " + ", ".join(pickles) +
-                           ", which are never opened: convert them to safetensors, e.g. with "
-                           "`python -m tools.convert_official`)")
-        else:
-            missing.append("model.safetensors or model.safetensors.index.json with its shards")
-    if missing:
-        raise LMMFolderError(f"the LMM folder {folder} is incomplete; missing: " + "; ".join(missing) +
-                             ". Copy the whole Qwen2-VL-2B-Instruct folder (config, tokenizer, "
-                             "preprocessor config and safetensors weights) there.")
-    with open(os.path.join(folder, "config.json")) as f:
-        mt = json.load(f).get("model_type")
-    if mt != "qwen2_vl":
-        raise LMMFolderError(f"{folder} holds a {mt!r} model; Dream Engine needs Qwen2-VL "
-                             f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
 
 
 def attend_all_mask(mask: torch.Tensor) -> torch.Tensor | None:
@@ -298,8 +232,7 @@ class LMMEncoder:
     def from_folder(cls, folder: str, dtype: torch.dtype = torch.float32, device="cpu",
                     attn_implementation: str = "sdpa") -> "LMMEncoder":
         require_transformers()
-        check_lmm_folder(folder)
-        check_lmm_weights(folder)  # every shard, before transformers opens it
+        check_lmm_folder(folder)  # every file, the weights included, before transformers opens it
         processor = load_processor(folder)
         model = load_qwen2vl(folder, dtype, attn_implementation)
         model.to(device).eval().requires_grad_(False)

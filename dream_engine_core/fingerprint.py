@@ -26,11 +26,12 @@ name of the folder it was computed from, for error messages).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 
 import torch
+
+from .lmm_folder import INDEX, read_weight_map
 
 VERSION = "fp1"
 META_FINGERPRINT = "lmm_fingerprint"
@@ -44,11 +45,8 @@ class FingerprintError(ValueError):
 
 def _weight_files(folder: str) -> dict[str, str]:
     """key → safetensors file of an HF model folder."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            wm = json.load(f)["weight_map"]
-        return {k: os.path.join(folder, v) for k, v in wm.items()}
+    if os.path.isfile(os.path.join(folder, INDEX)):
+        return {k: os.path.join(folder, v) for k, v in read_weight_map(folder).items()}
     files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) if os.path.isdir(folder) else []
     if not files:
         raise FingerprintError(f"{folder} holds no .safetensors weights to fingerprint")

@@ -37,7 +37,7 @@ def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
     """The one check of a safetensors file before anything opens it; returns its header.
 
     Raises :class:`WeightsError` naming the file, what is wrong and ``fix`` when the
-    file is missing, is not safetensors (e.g. a pickle under a ``.safetensors``
+    file is missing, is empty, is not safetensors (e.g. a pickle under a ``.safetensors``
     name), has an unreadable header, or is truncated or padded (every tensor's data
     offsets must lie inside the file and cover its data exactly, as safetensors
     requires). Reads only the header.
@@ -45,6 +45,8 @@ def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
     if not os.path.isfile(path):
         raise WeightsError(f"weight file not found: {path}")
     size = os.path.getsize(path)
+    if size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes); {fix}")
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
@@ -93,24 +95,6 @@ def check_adapter_lmm(spec: AdapterSpec, lmm_hidden: int, adapter: str) -> None:
         raise WeightsError(f"adapter {adapter} expects {spec.lmm_dim}-d LMM states (made for {spec.lmm}), "
                            f"but the loaded LMM has hidden size {lmm_hidden}: pick the adapter that matches "
                            f"the LMM (Qwen2-VL-2B-Instruct: 1536)")
-
-
-def check_lmm_weights(folder: str) -> None:
-    """:func:`check_safetensors` on every weight file of an HF-format LMM folder
-    (``model.safetensors``, or each shard its ``model.safetensors.index.json`` names),
-    before transformers opens them."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise WeightsError(f"{index} is unreadable ({err}); {REDOWNLOAD_HINT}") from None
-    else:
-        shards = ["model.safetensors"]
-    fix = "re-download the LMM folder (or re-export it with the tool that wrote it)"
-    for s in shards:
-        check_safetensors(os.path.join(folder, s), fix)
 
 
 def _usual_permissions(path: str) -> None:

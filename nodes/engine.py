@@ -21,7 +21,7 @@ from ..dream_engine_core.weights import load_adapter, read_metadata
 from .direct_map import check_adapter_fits, mark_direct_map, patch_direct_map
 from .models import (DreamEngineHandle, DreamEngineModule, adapter_files, adapter_path,
                      lmm_folder_path, lmm_folders)
-from .segments import CATEGORY, Segments
+from .segments import CATEGORY, Segments, search_aliases
 
 log = logging.getLogger("dream_engine")
 Engine = io.Custom("DREAM_ENGINE")
@@ -81,6 +81,8 @@ class LoadDreamEngine(io.ComfyNode):
             node_id="LoadDreamEngine",
             display_name="Load Dream Engine",
             category=CATEGORY,
+            **search_aliases("qwen2-vl", "qwen2 vl loader", "multimodal encoder", "image prompt", "lmm",
+                             "sd3.5 text encoder"),
             description="Loads the Dream Engine: the Qwen2-VL LMM (an HF-format folder in models/LLM) and the "
                         "adapter (models/dream_engine). A direct-map adapter also returns a clone of the SD3.5 "
                         "MODEL with its text embedders bypassed (connect that MODEL to the sampler); a "
@@ -172,6 +174,8 @@ class InterleavedConditioning(io.ComfyNode):
             node_id="DreamEngineInterleavedConditioning",
             display_name="Dream Engine Interleaved Conditioning",
             category=CATEGORY,
+            **search_aliases("qwen2-vl", "interleaved", "image prompt", "multi image", "reference image",
+                             "multimodal prompt", "image edit", "object fusion"),
             description="Encodes an interleaved text-image prompt with the Dream Engine into the positive "
                         "conditioning and the task's matching negative (the CFG input of the release). "
                         "Refer to images as [image 1], [image 2] … or by a segment's [name].",
