@@ -44,8 +44,8 @@ SD35_MEDIUM = dict(depth=24, context_dim=4096, pooled_dim=2048, pos_embed_max_si
 TINY_MEDIUM = dict(depth=2, dual_attention_blocks=(0,))
 
 
-def _mmdit(depth: int, context_dim: int, pooled_dim: int, pos_embed_max_size: int, device=None,
-           dual_attention_blocks=()):
+def new_mmdit(depth: int, context_dim: int, pooled_dim: int, pos_embed_max_size: int, device=None,
+              dual_attention_blocks=()):
     """ComfyUI's own MMDiT class at SD3.5 layout (RMS qk-norm): SD3.5-Large without
     ``dual_attention_blocks``, SD3.5-Medium's MMDiT-X with them."""
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
@@ -67,7 +67,7 @@ def mmdit_shapes(depth: int = 38, context_dim: int = 4096, pooled_dim: int = 204
     stream a full-size random file with ``model_builders.full_size.write_random_safetensors``
     (``mmdit_shapes(**SD35_MEDIUM)`` for SD3.5-Medium)."""
     with torch.device("meta"):
-        model = _mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, device="meta",
+        model = new_mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, device="meta",
                        dual_attention_blocks=dual_attention_blocks)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -79,7 +79,7 @@ def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled
     from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
 
     torch.manual_seed(seed)
-    model = _mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, dual_attention_blocks=dual_attention_blocks)
+    model = new_mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, dual_attention_blocks=dual_attention_blocks)
     sd = model.state_dict()
     # ComfyUI's init skips weight initialisation; give every tensor defined values.
     g = torch.Generator().manual_seed(seed)
