@@ -185,14 +185,20 @@ class InterleavedConditioning(io.ComfyNode):
                                tooltip="generate: text (+ referenced images) → image; edit: one image + "
                                        "instruction; fuse: named objects + caption; reconstruct: one image."),
                 io.Combo.Input("padding", options=list(PADDINGS), default="natural",
-                               tooltip="natural: every input keeps its length (as trained); reference: "
-                                       "pad like the release's inference (77 tokens), for output parity."),
+                               tooltip="natural: positive and negative keep their own lengths (as trained). "
+                                       "reference: pad like the release's inference (left, with <|endoftext|>, "
+                                       "to 77 tokens or to the positive's length; never truncated), pad states "
+                                       "as transformers 5.x computes them. reference_4.49_gpu: the same padding, "
+                                       "pad states as transformers 4.49 computed them with SDPA on CUDA (pad "
+                                       "positions attend to every token), as the release's demo ran there."),
                 io.Combo.Input("pooling", options=list(POOLINGS), default="mean",
                                tooltip="Mean for the pooled vector: mean over every position (release) or "
                                        "masked_mean (pad tokens excluded; same as mean without padding)."),
                 io.Combo.Input("positions", options=list(POSITIONS), default="mrope",
-                               tooltip="mrope: Qwen2-VL's multimodal positions (correct); 1d: plain positions, "
-                                       "for parity with the release's transformers version."),
+                               tooltip="mrope: Qwen2-VL's multimodal positions — what the release's code "
+                                       "computes on transformers 4.49 and later. 1d: plain positions 0…L−1, which "
+                                       "transformers 4.48 and older used on every call after the first; the "
+                                       "release's transformers version is not known."),
                 Segments.Input("segments", optional=True,
                                tooltip="The prompt's images (Image Segment chain)."),
                 io.Int.Input("image_short_side", default=DEFAULT_SHORT_SIDE, min=0, max=4096, step=1,

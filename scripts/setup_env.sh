@@ -12,6 +12,8 @@ STAMP="$VENV/.dream_engine_setup"
 HORDE_VERSION="2.22.2"
 # Bump when the install steps below change, so existing .venvs re-run them.
 SETUP_VERSION="3"
+# the release oracle's transformers (installed below into .venv/tf449)
+TF449=(transformers==4.49.0 tokenizers==0.21.1 huggingface_hub==0.29.3 peft==0.11.1)
 want="$SETUP_VERSION $(sha1sum "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha1sum | cut -c1-12)"
 
 # --- the real Qwen2 vocabulary for tests and benchmarks (model_builders/qwen2vl.py) ---
@@ -40,9 +42,11 @@ if [ ! -f "$VOCAB/tokenizer.json" ]; then
   fi
 fi
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f "$COMFY/main.py" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f "$COMFY/main.py" ] \
+   && [ "$(cat "$VENV/tf449/.stamp" 2>/dev/null)" = "${TF449[*]}" ]; then
   exit 0
 fi
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ] || [ ! -f "$COMFY/main.py" ]; then
 echo "[setup] installing into $VENV (first run; later runs skip this)"
 [ -x "$PY" ] || python3 -m venv "$VENV"
 PIP=(pip_quiet "$PY" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt")
@@ -76,6 +80,19 @@ echo requests >> "$VENV/comfy-requirements.txt"
 "${PIP[@]}" -e "$ROOT[train,test]"
 echo "$want" > "$STAMP"
 echo "[setup] done"
+fi
+
+# --- the release's transformers, for the release oracle (tests/test_release_oracle.py) ---
+# transformers 4.49 (the release's era: its Qwen2-VL pad rows under SDPA) with the peft of the
+# release and the tokenizers / hub client 4.49 needs, in .venv/tf449 (pip --target), put first
+# on PYTHONPATH by the test's subprocess only; everything else is the project environment.
+if [ "$(cat "$VENV/tf449/.stamp" 2>/dev/null)" != "${TF449[*]}" ]; then
+  echo "[setup] installing ${TF449[*]} into $VENV/tf449 (the release oracle's transformers)"
+  rm -rf "$VENV/tf449"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$VENV/tf449" "${TF449[@]}" \
+    2> >(grep -v "^WARNING: Location 'file:" >&2)
+  echo "${TF449[*]}" > "$VENV/tf449/.stamp"
+fi
 
 # --- chromium for the frontend test (tests/test_frontend.py) ---
 # Idempotent and best effort: installed only when missing and apt-get can run as root;
