@@ -367,7 +367,8 @@ class Trainer:
             self.step += 1
             losses.append(loss)
             row = {"step": self.step, "loss": f"{loss:.8f}", "lr": f"{lr:.6g}", "grad_norm": f"{float(gn):.6g}",
-                   "samples_per_s": f"{c.batch / max(1e-9, time.time() - t0):.3f}", "val_loss": ""}
+                   "samples_per_s": f"{c.batch / max(1e-9, time.time() - t0):.3f}", "val_loss": "",
+                   **self._memory_peaks()}
             if c.val_every and self.step % c.val_every == 0 and self.rank == 0 and c.parallel != "fsdp":
                 row["val_loss"] = f"{self.eval_loss():.8f}"
                 save_render(self, os.path.join(c.out, "val", f"step-{self.step:08d}.png"))
@@ -389,6 +390,13 @@ class Trainer:
             log.close()
             self.export(params=params)
         return losses
+
+    def _memory_peaks(self) -> dict:
+        """The CUDA allocator's peak allocated and reserved memory so far (empty elsewhere)."""
+        if self.device.type != "cuda":
+            return {"max_allocated_gib": "", "max_reserved_gib": ""}
+        return {"max_allocated_gib": f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.3f}",
+                "max_reserved_gib": f"{torch.cuda.max_memory_reserved(self.device) / 2**30:.3f}"}
 
     def trained_params(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         src = self.ema if (use_ema and self.ema is not None) else self.params
