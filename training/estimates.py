@@ -59,6 +59,16 @@ class GPU:
     link_gbs: float = 0.0    # all-gather bandwidth per GPU (NVLink), GB/s
 
 
+# dense bf16 peaks (TFLOPS) of GPUs by name, for GPU(...) from a device (scripts/gpu_check.py)
+KNOWN_PEAKS = (("H200", 989.4), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("4090", 165.2))
+
+
+def gpu_of_device(name: str, total_bytes: int) -> GPU:
+    """A :class:`GPU` for a CUDA device (peak 0 when its name is not in :data:`KNOWN_PEAKS`)."""
+    peak = next((p for key, p in KNOWN_PEAKS if key in name), 0.0)
+    return GPU(name, total_bytes / GIB, peak)
+
+
 RTX_4090 = GPU("RTX 4090", 24.0, 165.2)
 A100_80 = GPU("A100 80GB SXM", 80.0, 312.0, 200.0)
 SETUPS = (("1×24 GB", 1, RTX_4090), ("1×80 GB", 1, A100_80), ("8×80 GB", 8, A100_80))
@@ -400,7 +410,8 @@ def estimate(base: str, stage: int, parallel: str, gpus: int, gpu: GPU, micro_ba
     fl = dit_flops(base, stage, r.resolution, r.text_tokens)
     per_sample = fl["forward"] * (2 if checkpointing else 1) + fl["backward"] + lmm_flops(r) + \
         vae_encode_flops(r.resolution)
-    compute = r.batch * per_sample / (gpus * gpu.bf16_tflops * 1e12 * UTILISATION)
+    peak_flops = gpu.bf16_tflops * 1e12 * UTILISATION
+    compute = r.batch * per_sample / (gpus * peak_flops) if peak_flops else float("nan")  # unknown GPU
     comm = 0.0
     if fsdp:  # every forward and every backward gathers the whole fp32 DiT
         comm = (r.batch / gpus) * 2 * 4 * s["dit"] * (gpus - 1) / gpus / (gpu.link_gbs * 1e9)
@@ -411,7 +422,8 @@ def estimate(base: str, stage: int, parallel: str, gpus: int, gpu: GPU, micro_ba
             "gib": {"dit": dit / GIB, "lmm_vae": (2 * s["lmm"] + 2 * s["vae"]) / GIB, "trained_state":
                     (state + buckets) / GIB, "activations": act / GIB, "peak": peak / GIB},
             "fits": peak <= HEADROOM * gpu.memory_gib * GIB, "flops_per_sample": per_sample,
-            "compute_s": compute, "fsdp_gather_s": comm, "step_s": step, "samples_per_s": r.batch / step}
+            "compute_s": compute, "fsdp_gather_s": comm, "step_s": step, "samples_per_s": r.batch / step,
+            "flops_per_step": r.batch * per_sample}
 
 
 def best(base: str, stage: int, parallel: str, gpus: int, gpu: GPU) -> dict:
