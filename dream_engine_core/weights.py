@@ -235,6 +235,8 @@ def adapter_metadata(spec: AdapterSpec, extra: dict | None = None) -> dict[str, 
         "pooled_dim": str(spec.pooled_dim),
         "lmm": spec.lmm,
     }
+    if spec.dit:
+        md["dit_base"] = spec.dit
     for k, v in (extra or {}).items():
         md[k] = v if isinstance(v, str) else json.dumps(v)
     return md
@@ -263,7 +265,7 @@ def spec_from_file(path: str) -> AdapterSpec:
                                f"(this pack reads version {FORMAT_VERSION}); update the pack")
         return AdapterSpec(kind=md["map_kind"], lmm_dim=int(md["lmm_dim"]), hidden_dim=int(md["hidden_dim"]),
                            token_dim=int(md["token_dim"]), pooled_dim=int(md["pooled_dim"]),
-                           lmm=md.get("lmm", "unknown"))
+                           lmm=md.get("lmm", "unknown"), dit=md.get("dit_base", ""))
     with safe_open(path, framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     try:
