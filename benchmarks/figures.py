@@ -45,7 +45,7 @@ def _hardware(bench) -> tuple[float, float]:
 def _calibrated(times, cal, cost) -> tuple[float, list]:
     """The ratio with the peak and bandwidth measured right after each repeat (the machine is
     shared: what the CPU gives changes between seconds): its median and every value."""
-    from .flops import floor_seconds
+    from model_builders.flops import floor_seconds
 
     r = [t_i / floor_seconds(cost, c["tflops"] * 1e12, c["gbps"] * 1e9)["floor_s"] for t_i, c in zip(times, cal)]
     return sorted(r)[len(r) // 2], r
@@ -69,7 +69,7 @@ def fig2(bench):
 
 
 def _fig2_row(k: str, label: str, r: dict, peak: float, bw: float) -> dict:
-    from .flops import floor_seconds
+    from model_builders.flops import floor_seconds
 
     req = r["required_cost"]  # the floor counts the work an encode requires
     f, f_all, t = floor_seconds(req, peak, bw), floor_seconds(r["cost"], peak, bw), r["time"]
@@ -97,7 +97,7 @@ def _peer_row(peer: dict | None, t: dict, peak: float, bw: float) -> dict | None
     """Plain transformers' forward on the same tokens, against its own floor."""
     if not peer:
         return None
-    from .flops import floor_seconds
+    from model_builders.flops import floor_seconds
 
     pt, pf = peer["time"], floor_seconds(peer["cost"], peak, bw)
     return {"call": peer["call"], "tokens": peer["tokens"], "seconds": pt["median"], "min": pt["min"],

@@ -13,6 +13,11 @@ each ``Linear(lmm_dim, hidden_dim) → SiLU → Linear(hidden_dim, out)`` with n
   bypassed (the nodes patch them to identity).
 * **standard** map: ``token_dim = 4096``, ``pooled_dim = 2048`` — the widths of
   SD3.5's own text conditioning, so an unmodified SD3.5 consumes the output.
+
+``AdapterSpec.dit`` names the SD3 base the adapter was made for (:data:`DIT_BASES`,
+from the DiT's layout by :func:`dit_base`; empty when unknown, e.g. in files written
+before it was recorded). A standard-map adapter has the same widths for every SD3.5
+base, so only this record tells an SD3.5 Large adapter from an SD3.5 Medium one.
 """
 from __future__ import annotations
 
@@ -25,6 +30,29 @@ MAP_KINDS = ("direct", "standard")
 POOLINGS = ("mean", "masked_mean")
 
 
+# SD3 bases by the layout of ComfyUI's MMDiT: id → (name, the file users load).
+DIT_BASES = {
+    "sd3.5-large": ("SD3.5 Large", "sd3.5_large.safetensors"),
+    "sd3.5-medium": ("SD3.5 Medium", "sd3.5_medium.safetensors"),
+    "sd3-medium": ("SD3 Medium", "sd3_medium.safetensors"),
+}
+# The hidden width of each base at full size (ComfyUI's MMDiT: 64 × blocks).
+DIT_BASE_HIDDEN = {"sd3.5-large": 2432, "sd3.5-medium": 1536, "sd3-medium": 1536}
+
+
+def dit_base(dual_attention_blocks, qk_norm: bool = True) -> str:
+    """The SD3 base of a DiT layout: SD3.5 Medium's MMDiT-X has blocks with a second
+    self-attention (``x_block.attn2``); SD3.5 Large has none and normalises q and k; SD3
+    Medium does neither. At small sizes the layout, not the width, names the base."""
+    if len(tuple(dual_attention_blocks)):
+        return "sd3.5-medium"
+    return "sd3.5-large" if qk_norm else "sd3-medium"
+
+
+def dit_base_name(base: str) -> str:
+    return DIT_BASES.get(base, (base or "an unknown SD3 model",))[0]
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     kind: str = "direct"
@@ -33,6 +61,7 @@ class AdapterSpec:
     token_dim: int = 2432
     pooled_dim: int = 2432
     lmm: str = "Qwen2-VL-2B-Instruct"
+    dit: str = ""                       # the SD3 base it was made for (a DIT_BASES key), "" = unknown
 
     def __post_init__(self):
         if self.kind not in MAP_KINDS:

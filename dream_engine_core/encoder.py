@@ -21,13 +21,24 @@ The language model is called directly, so no vocabulary logits are computed.
 
 Padding: by default every input keeps its natural length (training saw no pad
 tokens). ``pad_to`` left-pads with the tokenizer's pad token ``<|endoftext|>``
-(the Qwen2-VL tokenizer pads on the **left**), masks those positions in attention,
-and never truncates.
+(the Qwen2-VL tokenizer pads on the **left**) and never truncates. Real tokens never
+attend to pad tokens, so their states do not depend on the padding; what a pad
+position's own state is depends on how the library treats a query row whose keys are
+all masked, and ``pad_rows`` chooses it explicitly (:data:`PAD_ROWS`):
+
+* ``"attention_free"`` — transformers 5.x (and 4.57) with SDPA: the masked row's
+  attention output is zero, so each pad state is the pad token's embedding carried
+  through the layers' MLPs alone: one vector, whatever its position or context.
+  Computed here once per model (:meth:`LMMEncoder.pad_state`), the real tokens in one
+  unpadded pass; the same on every device.
+* ``"attend_all"`` — transformers 4.49 with SDPA on CUDA (how the release's demo ran):
+  ``AttentionMaskConverter._unmask_unattended`` lets a fully masked row attend to every
+  token (pads, and real tokens before and after it) by score; positions as 4.49's
+  ``get_rope_index`` gives them (1 on every pad). Run as one padded pass with that
+  4-D mask.
 """
 from __future__ import annotations
 
-import json
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
@@ -38,10 +49,10 @@ from PIL import Image
 from .compat import image_size_kwargs, load_processor, load_qwen2vl, require_transformers, rope_index, vision_merged
 from .errors import DreamEngineError
 from .prompt import IMG, ModelInput
-from .weights import check_lmm_weights
+from .lmm_folder import LMMFolderError, check_lmm_folder  # noqa: F401 - LMMFolderError re-exported
 
-TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 POSITIONS = ("mrope", "1d")
+PAD_ROWS = ("attention_free", "attend_all")
 DEFAULT_SHORT_SIDE = 336
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 512 * 28 * 28
@@ -49,71 +60,21 @@ DEFAULT_MAX_PIXELS = 512 * 28 * 28
 MAX_ASPECT_RATIO = 200
 
 
-class LMMFolderError(DreamEngineError, FileNotFoundError):
-    """The LMM folder is missing, incomplete or holds another model."""
-
-
 class ImageInputError(DreamEngineError, ValueError):
     """An image cannot be encoded (empty, wrong channel count, NaN …)."""
 
 
-def _has_image_processor_config(folder: str, have: set) -> bool:
-    """The image-processor settings ``from_pretrained`` reads: ``preprocessor_config.json``
-    (hub layout), or the ``image_processor`` entry of ``processor_config.json`` (the layout
-    transformers 5's ``save_pretrained`` writes)."""
-    if "preprocessor_config.json" in have:
-        return True
-    if "processor_config.json" in have:
-        try:
-            with open(os.path.join(folder, "processor_config.json")) as f:
-                return isinstance(json.load(f).get("image_processor"), dict)
-        except (OSError, ValueError, AttributeError):
-            return False
-    return False
-
-
-def check_lmm_folder(folder: str) -> None:
-    """Raise :class:`LMMFolderError` naming every file that is missing.
-
-    Accepts the layouts ``from_pretrained`` loads: the hub layout
-    (``preprocessor_config.json``) and the transformers-5 layout (``processor_config.json``
-    with the image-processor settings nested in it); ``tokenizer.json`` or ``vocab.json`` +
-    ``merges.txt``; ``model.safetensors`` or ``model.safetensors.index.json`` with every
-    shard it lists. ``tokenizer_config.json`` is optional, as for ``from_pretrained``.
-    """
-    if not os.path.isdir(folder):
-        raise LMMFolderError(f"LMM folder not found: {folder} (expected an HF-format Qwen2-VL-2B-Instruct folder)")
-    have = set(os.listdir(folder))
-    missing = [] if "config.json" in have else ["config.json"]
-    if not _has_image_processor_config(folder, have):
-        missing.append("preprocessor_config.json (or processor_config.json with its image_processor settings)")
-    if not any(all(f in have for f in group) for group in TOKENIZER_FILES):
-        missing.append("tokenizer.json (or vocab.json + merges.txt)")
-    if "model.safetensors.index.json" in have:
-        try:
-            with open(os.path.join(folder, "model.safetensors.index.json")) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise LMMFolderError(f"{folder}: model.safetensors.index.json is unreadable ({e}); copy it again "
-                                 f"from the model's folder") from e
-        missing += [s for s in shards if s not in have]
-    elif "model.safetensors" not in have:
-        pickles = sorted(f for f in have if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
-        if pickles:
-            missing.append("model.safetensors (found only pickled weights " + ", ".join(pickles) +
-                           ", which are never opened: convert them to safetensors, e.g. with "
-                           "`python -m tools.convert_official`)")
-        else:
-            missing.append("model.safetensors or model.safetensors.index.json with its shards")
-    if missing:
-        raise LMMFolderError(f"the LMM folder {folder} is incomplete; missing: " + "; ".join(missing) +
-                             ". Copy the whole Qwen2-VL-2B-Instruct folder (config, tokenizer, "
-                             "preprocessor config and safetensors weights) there.")
-    with open(os.path.join(folder, "config.json")) as f:
-        mt = json.load(f).get("model_type")
-    if mt != "qwen2_vl":
-        raise LMMFolderError(f"{folder} holds a {mt!r} model; Dream Engine needs Qwen2-VL "
-                             f"(model_type 'qwen2_vl', Qwen2-VL-2B-Instruct)")
+def attend_all_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """``[B, 1, L, L]`` boolean attention mask (True = attend) of a left-padded batch as
+    transformers 4.49 gives SDPA on CUDA: causal over real keys for real queries, and
+    every key for a pad query (``_unmask_unattended``). ``None`` without padding."""
+    if bool(mask.all()):
+        return None
+    L = mask.shape[-1]
+    real = mask.bool()
+    causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
+    m = causal[None] & real[:, None, :]
+    return (m | ~real[:, :, None])[:, None]
 
 
 def blend(h: torch.Tensor, f: torch.Tensor, r: float) -> torch.Tensor:
@@ -271,8 +232,7 @@ class LMMEncoder:
     def from_folder(cls, folder: str, dtype: torch.dtype = torch.float32, device="cpu",
                     attn_implementation: str = "sdpa") -> "LMMEncoder":
         require_transformers()
-        check_lmm_folder(folder)
-        check_lmm_weights(folder)  # every shard, before transformers opens it
+        check_lmm_folder(folder)  # every file, the weights included, before transformers opens it
         processor = load_processor(folder)
         model = load_qwen2vl(folder, dtype, attn_implementation)
         model.to(device).eval().requires_grad_(False)
@@ -357,23 +317,79 @@ class LMMEncoder:
 
     @torch.inference_mode()
     def encode(self, inp: ModelInput, prep: PreparedImages, pad_to: int | None = None,
-               positions: str = "mrope") -> EncodedStates:
+               positions: str = "mrope", pad_rows: str = "attention_free") -> EncodedStates:
+        """Last-layer states of one model input, left-padded to ``pad_to`` tokens (never
+        truncated) with pad states as ``pad_rows`` says (module docstring)."""
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if pad_rows not in PAD_ROWS:
+            raise ValueError(f"pad_rows must be one of {PAD_ROWS}, got {pad_rows!r}")
         key = None
         if not inp.images and self.text_cache_size > 0 and not self.model.training:
-            key = (inp.text, pad_to, positions, self._weights_key())
+            key = (inp.text, pad_to, positions, pad_rows, self._weights_key())
             hit = self._text_cache.get(key)
             if hit is not None:
                 self._text_cache.move_to_end(key)
                 return replace(hit, hidden=hit.hidden.clone(), attention_mask=hit.attention_mask.clone(),
                                input_ids=hit.input_ids.clone())
-        st = self._encode(inp, prep, pad_to, positions)
+        n_pad = max(0, pad_to - self.token_count(inp, prep)) if pad_to else 0
+        if n_pad and pad_rows == "attention_free":
+            st = self._prepend_pad_states(self._encode(inp, prep, None, positions), n_pad)
+        else:
+            st = self._encode(inp, prep, pad_to, positions)
         if key is not None:
             self._text_cache[key] = replace(st, hidden=st.hidden.clone())
             while len(self._text_cache) > self.text_cache_size:
                 self._text_cache.popitem(last=False)
         return st
+
+    @torch.inference_mode()
+    def pad_state(self) -> torch.Tensor:
+        """``[D]``: the last-layer state of a pad position whose attention output is zero in
+        every layer (``pad_rows="attention_free"``): the pad token's embedding through each
+        decoder layer's residual MLP (``h + mlp(post_attention_layernorm(h))``; the attention
+        projection ``o_proj`` has no bias, so a zero attention output adds nothing), then the
+        final norm. Cached until the weights change."""
+        key = self._weights_key()
+        if getattr(self, "_pad_state", (None, None))[0] != key:
+            lm = self.model.model.language_model
+            h = lm.embed_tokens(torch.tensor([[self.pad_token_id]], device=self.device))
+            for layer in lm.layers:
+                if getattr(layer.self_attn.o_proj, "bias", None) is not None:
+                    raise DreamEngineError("this LMM's attention output projection has a bias, so its pad states "
+                                           "are not defined by pad_rows='attention_free'; use padding 'natural'")
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+            self._pad_state = (key, lm.norm(h)[0, 0])
+        return self._pad_state[1]
+
+    def _prepend_pad_states(self, st: EncodedStates, n_pad: int) -> EncodedStates:
+        """``n_pad`` pad positions (``pad_rows="attention_free"``) left of an unpadded input's states."""
+        pad_id = torch.full((1, n_pad), self.pad_token_id, dtype=st.input_ids.dtype, device=st.input_ids.device)
+        pads = self.pad_state().to(st.hidden.dtype).expand(1, n_pad, -1)
+        return EncodedStates(torch.cat([pads, st.hidden], 1),
+                             torch.cat([torch.zeros_like(pad_id), st.attention_mask], 1),
+                             torch.cat([pad_id, st.input_ids], 1), st.text,
+                             [(s + n_pad, e + n_pad) for s, e in st.image_spans], st.ratios, st.vision)
+
+    def _positions(self, inp: ModelInput, prep: PreparedImages, ids: torch.Tensor, mask: torch.Tensor,
+                   positions: str) -> torch.Tensor | None:
+        """Position ids ``[3, 1, L]`` (``None``: the language model's own ``0…L−1``).
+
+        ``1d``: ``0…L−1`` on every dimension. ``mrope``: Qwen2-VL's ``get_rope_index``; on a
+        padded input, as transformers 4.49 computes them for the release's padded batch:
+        real tokens from 0, and 1 on every pad position (text-only: ``cumsum(mask) − 1``)."""
+        dev = ids.device
+        padded = bool((mask == 0).any())
+        if positions == "1d":
+            return torch.arange(ids.shape[1], device=dev).view(1, 1, -1).expand(3, 1, -1)
+        if inp.images:
+            grid = torch.stack([prep.grid_thw[i] for i in inp.images]).to(dev)
+            pos = rope_index(self.model.model, ids, self.image_token_id, grid, attention_mask=mask if padded else None)
+        elif padded:
+            pos = (mask.long().cumsum(-1) - 1).view(1, 1, -1).expand(3, 1, -1)
+        else:
+            return None
+        return pos.masked_fill(mask.view(1, 1, -1) == 0, 1) if padded else pos
 
     def _encode(self, inp: ModelInput, prep: PreparedImages, pad_to: int | None, positions: str) -> EncodedStates:
         inner = self.model.model
@@ -388,15 +404,8 @@ class LMMEncoder:
             embeds = embeds.clone()
             for (s, e), f in zip(spans, vis):
                 embeds[0, s:e] = f.to(embeds.dtype)
-        padded = bool((mask == 0).any())
-        if positions == "1d":
-            pos = torch.arange(ids.shape[1], device=dev).view(1, 1, -1).expand(3, 1, -1)
-        elif inp.images:
-            grid = torch.stack([prep.grid_thw[i] for i in inp.images]).to(dev)
-            pos = rope_index(inner, ids, self.image_token_id, grid, attention_mask=mask if padded else None)
-        else:
-            pos = None  # text only: Qwen2-VL's own 1-D positions
-        out = inner.language_model(inputs_embeds=embeds, attention_mask=mask if padded else None,
+        pos = self._positions(inp, prep, ids, mask, positions)
+        out = inner.language_model(inputs_embeds=embeds, attention_mask=attend_all_mask(mask),
                                    position_ids=pos, use_cache=False)
         hidden = out.last_hidden_state
         if any(r > 0 for r in inp.ratios):

@@ -23,7 +23,12 @@ from .interrupt import interrupt_points
 from .prompt import IMG, ImageRef, TaskInputs, build_task_inputs
 from .weights import check_adapter_lmm, load_adapter
 
-PADDINGS = ("natural", "reference")
+#: ``natural``: no padding (as trained). ``reference``: the release's inference padding
+#: (:func:`reference_padding`) with pad states as transformers 5.x computes them;
+#: ``reference_4.49_gpu``: the same padding with pad states as transformers 4.49 computed
+#: them with SDPA on CUDA (encoder module docstring, ``pad_rows``).
+PADDINGS = ("natural", "reference", "reference_4.49_gpu")
+PAD_ROWS_OF = {"natural": "attention_free", "reference": "attention_free", "reference_4.49_gpu": "attend_all"}
 REFERENCE_LENGTH = 77
 
 
@@ -92,9 +97,9 @@ def describe(pos: Conditioning, neg: Conditioning) -> str:
 
 @dataclass
 class EncodeOptions:
-    padding: str = "natural"      # "natural" (training, default) or "reference" (release inference)
+    padding: str = "natural"      # "natural" (training, default), "reference" or "reference_4.49_gpu" (PADDINGS)
     pooling: str = "mean"         # "mean" (release: every position) or "masked_mean"
-    positions: str = "mrope"      # "mrope" (correct) or "1d" (parity with the release's transformers)
+    positions: str = "mrope"      # "mrope" (Qwen2-VL's, what the release computes on transformers >= 4.49) or "1d"
     short_side: int | None = DEFAULT_SHORT_SIDE
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -108,19 +113,23 @@ class EncodeOptions:
 
 
 def reference_padding(task: str, cond_len: int, cond_has_images: bool) -> tuple[int | None, int | None]:
-    """Pad lengths (cond, uncond) of the release's inference (never truncating).
+    """Pad lengths (cond, uncond) of the release's inference, never truncating.
 
-    generate, text only: both to 77; generate with images: cond natural, the
-    text-only uncond to 77; edit and reconstruct: both to 77; fuse: cond natural,
-    uncond to the cond's length.
+    The release's ``cfg_predict`` (``pipeline_qwen_vl_stable_diffusion_3.py``) pads with the
+    processor (``padding="max_length"``, ``max_length=max_sequence_length``, default 77) and
+    concatenates both inputs into one batch, so it runs only when both come out the same
+    length. This is that call with the smallest ``max_sequence_length`` ≥ 77 that neither
+    truncates nor fails (the default 77 whenever that runs):
+
+    * generate, text only, and edit / reconstruct: both to ``max(77, cond_len)`` (the
+      release at 77 truncates a longer text prompt, and cannot run a longer image prompt);
+    * fuse (the release computes the length itself) and generate with images: the
+      positive keeps its length, the negative is padded to it.
     """
-    if task in ("edit", "reconstruct"):
-        return REFERENCE_LENGTH, REFERENCE_LENGTH
-    if task == "fuse":
+    if task == "fuse" or (task == "generate" and cond_has_images):
         return None, cond_len
-    if cond_has_images:
-        return None, REFERENCE_LENGTH
-    return REFERENCE_LENGTH, REFERENCE_LENGTH
+    n = max(REFERENCE_LENGTH, cond_len)
+    return n, n
 
 
 class DreamEngine:
@@ -198,13 +207,14 @@ class DreamEngine:
         enc.vision_features(prep)
         step()
         pad_c = pad_u = None
-        if opts.padding == "reference":
+        if opts.padding != "natural":
             pad_c, pad_u = reference_padding(task, enc.token_count(ti.cond, prep), bool(ti.cond.images))
+        rows = PAD_ROWS_OF[opts.padding]
         interrupt()
-        sc = enc.encode(ti.cond, prep, pad_c, opts.positions)
+        sc = enc.encode(ti.cond, prep, pad_c, opts.positions, rows)
         step()
         interrupt()
-        su = enc.encode(ti.uncond, prep, pad_u, opts.positions)
+        su = enc.encode(ti.uncond, prep, pad_u, opts.positions, rows)
         step()
         interrupt()
         pos, neg = self._adapt(sc, opts, task), self._adapt(su, opts, task)

@@ -31,7 +31,7 @@ import re
 
 import torch
 
-from .weights import folder_weight_map
+from .lmm_folder import tensor_files
 
 VERSION = "fp1"
 META_FINGERPRINT = "lmm_fingerprint"
@@ -45,7 +45,7 @@ class FingerprintError(ValueError):
 
 def _weight_files(folder: str) -> dict[str, str]:
     """key → safetensors file of an HF model folder."""
-    files = folder_weight_map(folder)
+    files = tensor_files(folder)
     if not files:
         raise FingerprintError(f"{folder} holds no .safetensors weights to fingerprint")
     return files

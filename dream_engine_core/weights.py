@@ -1,5 +1,4 @@
-"""Safetensors I/O for the pack's weights: checked loads, the one reader of a sharded
-checkpoint's index, adapters with metadata.
+"""Safetensors I/O for the pack's weights: checked loads, adapters with metadata.
 
 Only safetensors are read or written. A file that is not safetensors (a pickle
 ``.bin``/``.pt``/``.ckpt``) is refused with an error that names the converter. Writers that
@@ -30,7 +29,6 @@ class WeightsError(DreamEngineError, ValueError):
 
 
 REDOWNLOAD_HINT = "re-download the file (or re-export it with the tool that wrote it)"
-HF_INDEX = "model.safetensors.index.json"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -40,7 +38,7 @@ def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
     """The one check of a safetensors file before anything opens it; returns its header.
 
     Raises :class:`WeightsError` naming the file, what is wrong and ``fix`` when the
-    file is missing, is not safetensors (e.g. a pickle under a ``.safetensors``
+    file is missing, is empty, is not safetensors (e.g. a pickle under a ``.safetensors``
     name), has an unreadable header, or is truncated or padded (every tensor's data
     offsets must lie inside the file and cover its data exactly, as safetensors
     requires). Reads only the header.
@@ -48,6 +46,8 @@ def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
     if not os.path.isfile(path):
         raise WeightsError(f"weight file not found: {path}")
     size = os.path.getsize(path)
+    if size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes); {fix}")
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
@@ -98,45 +98,6 @@ def check_adapter_lmm(spec: AdapterSpec, lmm_hidden: int, adapter: str) -> None:
                            f"the LMM (Qwen2-VL-2B-Instruct: 1536)")
 
 
-def read_weight_map(index: str) -> dict[str, str]:
-    """The ``weight_map`` (key → shard file name) of a sharded checkpoint's ``*.index.json``
-    (transformers' ``model.safetensors.index.json``, diffusers' ``….bin.index.json``): the one
-    reader of that file. Raises :class:`WeightsError` when it is unreadable."""
-    try:
-        with open(index) as f:
-            wm = json.load(f)["weight_map"]
-        if not isinstance(wm, dict):
-            raise ValueError("its weight_map is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise WeightsError(f"{index} is unreadable ({err!r}); {REDOWNLOAD_HINT}") from None
-    return wm
-
-
-def folder_weight_map(folder: str) -> dict[str, str]:
-    """key → weights file of an HF model folder: from its ``model.safetensors.index.json``
-    when it has one, else from the headers of its ``*.safetensors`` files (each checked by
-    :func:`check_safetensors`); empty when it holds none."""
-    index = os.path.join(folder, HF_INDEX)
-    if os.path.isfile(index):
-        return {k: os.path.join(folder, v) for k, v in read_weight_map(index).items()}
-    out = {}
-    for fn in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, fn)
-        out.update(dict.fromkeys((k for k in check_safetensors(path) if k != "__metadata__"), path))
-    return out
-
-
-def check_lmm_weights(folder: str) -> None:
-    """:func:`check_safetensors` on every weight file of an HF-format LMM folder
-    (``model.safetensors``, or each shard its ``model.safetensors.index.json`` names),
-    before transformers opens them."""
-    index = os.path.join(folder, HF_INDEX)
-    shards = sorted(set(read_weight_map(index).values())) if os.path.isfile(index) else ["model.safetensors"]
-    fix = "re-download the LMM folder (or re-export it with the tool that wrote it)"
-    for s in shards:
-        check_safetensors(os.path.join(folder, s), fix)
-
-
 def usual_permissions(path: str) -> None:
     """``mkstemp`` creates 0600; give a written file the permissions ``open`` would (0666 & ~umask)."""
     umask = os.umask(0)
@@ -183,6 +144,8 @@ def adapter_metadata(spec: AdapterSpec, extra: dict | None = None) -> dict[str, 
         "pooled_dim": str(spec.pooled_dim),
         "lmm": spec.lmm,
     }
+    if spec.dit:
+        md["dit_base"] = spec.dit
     for k, v in (extra or {}).items():
         md[k] = v if isinstance(v, str) else json.dumps(v)
     return md
@@ -211,7 +174,7 @@ def spec_from_file(path: str) -> AdapterSpec:
                                f"(this pack reads version {FORMAT_VERSION}); update the pack")
         return AdapterSpec(kind=md["map_kind"], lmm_dim=int(md["lmm_dim"]), hidden_dim=int(md["hidden_dim"]),
                            token_dim=int(md["token_dim"]), pooled_dim=int(md["pooled_dim"]),
-                           lmm=md.get("lmm", "unknown"))
+                           lmm=md.get("lmm", "unknown"), dit=md.get("dit_base", ""))
     with safe_open(path, framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     try:

@@ -11,8 +11,10 @@ import sys
 
 
 def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, seed: int = 0,
-                            image_size: int = 32) -> dict[str, str]:
-    """Write (or keep) the files and return their paths: dit, vae, lmm, manifest."""
+                            image_size: int = 32, dual_attention_blocks=()) -> dict[str, str]:
+    """Write (or keep) the files and return their paths: dit, vae, lmm, manifest.
+    ``dual_attention_blocks``: the DiT in SD3.5-Medium layout (e.g.
+    ``model_builders.comfy_formats.TINY_MEDIUM``)."""
     from comfy_host.importer import import_comfy
 
     import_comfy()
@@ -26,7 +28,7 @@ def build_tiny_training_set(folder: str, n_records: int = 8, depth: int = 2, see
         "lmm": os.path.join(folder, "tiny-Qwen2-VL"),
         "manifest": os.path.join(folder, "data", "manifest.jsonl"),
     }
-    build_core_models(paths, depth=depth, seed=seed)
+    build_core_models(paths, depth=depth, seed=seed, dual_attention_blocks=dual_attention_blocks)
     if not os.path.exists(paths["manifest"]):
         write_dataset(os.path.join(folder, "data"), n_records, seed=seed, size=image_size)
     return paths

@@ -5,7 +5,10 @@ miniature ships. Each file is written in the format ComfyUI's own loaders detect
 
 * an SD3.5-format MMDiT (``UNETLoader`` / "Load Diffusion Model"): ComfyUI's own
   ``MMDiT`` class with ``depth`` blocks (hidden ``64·depth``), 16 latent channels and
-  RMS qk-norm, as SD3.5-Large;
+  RMS qk-norm — the SD3.5-Large layout, or with ``dual_attention_blocks`` the
+  SD3.5-Medium layout (MMDiT-X: a second self-attention ``x_block.attn2`` in its first
+  blocks, which ComfyUI's ``model_detection`` reads from the ``…x_block.attn2.qkv.weight``
+  keys);
 * a 16-channel TAESD-format VAE (``VAELoader``), detected by its ``taesd_*`` keys;
 * a small Qwen2-VL folder and an adapter (from ``model_builders.qwen2vl``).
 """
@@ -25,12 +28,26 @@ TINY_CONTEXT_DIM = 96
 TINY_POOLED_DIM = 80
 
 
-# SD3.5-Large: 38 blocks (hidden 64·38 = 2432), T5-width context, CLIP-L+G pooled vector.
+# The two SD3.5 layouts at full size, as ComfyUI's model_detection reads them from the files'
+# keys (hidden = x_embedder.proj.weight.shape[0] = 64·depth, context = context_embedder's
+# in_features, pooled = y_embedder.mlp.0's in_features, pos_embed_max_size = √ of pos_embed's
+# rows, x_block_self_attn_layers = the blocks with x_block.attn2.qkv.weight).
+# SD3.5-Large: 38 blocks (hidden 2432), T5-width context, CLIP-L+G pooled vector.
 SD35_LARGE = dict(depth=38, context_dim=4096, pooled_dim=2048, pos_embed_max_size=192)
+# SD3.5-Medium (MMDiT-X): 24 blocks (hidden 1536, 24 heads of 64), dual attention in blocks
+# 0–12, the same conditioning widths, a 384×384 position table (2.5 B parameters).
+SD35_MEDIUM = dict(depth=24, context_dim=4096, pooled_dim=2048, pos_embed_max_size=384,
+                   dual_attention_blocks=tuple(range(13)))
+# The small Medium-layout DiT of the tests: 2 blocks (hidden 128, as the small Large-layout
+# DiT), dual attention in the first; the second is the last block (pre-only context side)
+# with a plain x side, so both kinds of x block are present.
+TINY_MEDIUM = dict(depth=2, dual_attention_blocks=(0,))
 
 
-def _mmdit(depth: int, context_dim: int, pooled_dim: int, pos_embed_max_size: int, device=None):
-    """ComfyUI's own MMDiT class at SD3.5-Large layout (RMS qk-norm, no self-attention-only blocks)."""
+def new_mmdit(depth: int, context_dim: int, pooled_dim: int, pos_embed_max_size: int, device=None,
+              dual_attention_blocks=()):
+    """ComfyUI's own MMDiT class at SD3.5 layout (RMS qk-norm): SD3.5-Large without
+    ``dual_attention_blocks``, SD3.5-Medium's MMDiT-X with them."""
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
     import comfy.ops
 
@@ -40,26 +57,29 @@ def _mmdit(depth: int, context_dim: int, pooled_dim: int, pos_embed_max_size: in
         context_embedder_config={"target": "torch.nn.Linear",
                                  "params": {"in_features": context_dim, "out_features": 64 * depth}},
         pos_embed_max_size=pos_embed_max_size, num_patches=pos_embed_max_size ** 2,
-        qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32, device=device,
+        qk_norm="rms", x_block_self_attn_layers=list(dual_attention_blocks), dtype=torch.float32, device=device,
         operations=comfy.ops.disable_weight_init)
 
 
 def mmdit_shapes(depth: int = 38, context_dim: int = 4096, pooled_dim: int = 2048,
-                 pos_embed_max_size: int = 192) -> dict[str, tuple]:
+                 pos_embed_max_size: int = 192, dual_attention_blocks=()) -> dict[str, tuple]:
     """Keys and shapes of ComfyUI's MMDiT (built on the meta device: no memory), e.g. to
-    stream a full-size random file with ``model_builders.full_size.write_random_safetensors``."""
+    stream a full-size random file with ``model_builders.full_size.write_random_safetensors``
+    (``mmdit_shapes(**SD35_MEDIUM)`` for SD3.5-Medium)."""
     with torch.device("meta"):
-        model = _mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, device="meta")
+        model = new_mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, device="meta",
+                       dual_attention_blocks=dual_attention_blocks)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled_dim: int = TINY_POOLED_DIM,
-                     pos_embed_max_size: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
-    """State dict of ComfyUI's MMDiT at SD3.5-Large layout, small depth."""
+                     pos_embed_max_size: int = 48, seed: int = 0, dual_attention_blocks=()) -> dict[str, torch.Tensor]:
+    """State dict of ComfyUI's MMDiT at SD3.5 layout (Large, or Medium with
+    ``dual_attention_blocks``), small depth."""
     from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
 
     torch.manual_seed(seed)
-    model = _mmdit(depth, context_dim, pooled_dim, pos_embed_max_size)
+    model = new_mmdit(depth, context_dim, pooled_dim, pos_embed_max_size, dual_attention_blocks=dual_attention_blocks)
     sd = model.state_dict()
     # ComfyUI's init skips weight initialisation; give every tensor defined values.
     g = torch.Generator().manual_seed(seed)
@@ -80,6 +100,12 @@ def mmdit_state_dict(depth: int = 2, context_dim: int = TINY_CONTEXT_DIM, pooled
 def build_tiny_sd35(path: str, depth: int = 2, seed: int = 0, **kw) -> str:
     atomic_save(mmdit_state_dict(depth=depth, seed=seed, **kw), path)
     return path
+
+
+def build_tiny_sd35_medium(path: str, seed: int = 0, **kw) -> str:
+    """A small SD3.5-Medium-layout DiT (:data:`TINY_MEDIUM` unless ``depth`` /
+    ``dual_attention_blocks`` are given)."""
+    return build_tiny_sd35(path, seed=seed, **dict(TINY_MEDIUM, **kw))
 
 
 def _init(module: torch.nn.Module, seed: int) -> None:
@@ -118,10 +144,11 @@ def build_tiny_vae(path: str, seed: int = 0) -> str:
     return path
 
 
-def build_core_models(paths: dict, depth: int = 2, seed: int = 0) -> None:
-    """Write the small DiT, VAE and Qwen2-VL at ``paths["dit"|"vae"|"lmm"]`` unless present."""
+def build_core_models(paths: dict, depth: int = 2, seed: int = 0, dual_attention_blocks=()) -> None:
+    """Write the small DiT, VAE and Qwen2-VL at ``paths["dit"|"vae"|"lmm"]`` unless present
+    (``dual_attention_blocks``: the DiT in SD3.5-Medium layout)."""
     if not os.path.exists(paths["dit"]):
-        build_tiny_sd35(paths["dit"], depth=depth, seed=seed)
+        build_tiny_sd35(paths["dit"], depth=depth, seed=seed, dual_attention_blocks=dual_attention_blocks)
     if not os.path.exists(paths["vae"]):
         build_tiny_vae(paths["vae"], seed=seed)
     if not os.path.exists(os.path.join(paths["lmm"], "model.safetensors")):

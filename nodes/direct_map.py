@@ -1,4 +1,4 @@
-"""The direct-map MODEL patch, its wiring checks and the adapter ↔ DiT width checks.
+"""The direct-map MODEL patch, its wiring checks and the adapter ↔ DiT checks (widths, SD3 base).
 
 ComfyUI's MMDiT computes ``c = t_embedder(t) + y_embedder(y)`` and
 ``context = context_embedder(context)``. A direct-map adapter already outputs the
@@ -26,6 +26,7 @@ import comfy.conds
 import comfy.patcher_extension
 import torch
 
+from ..dream_engine_core.adapter import DIT_BASE_HIDDEN, DIT_BASES, dit_base, dit_base_name
 from ..dream_engine_core.errors import DreamEngineError
 
 MARKER = "dream_engine_direct_map"
@@ -57,37 +58,94 @@ def _in_features(mod):
     return None
 
 
+def _blocks_text(blocks) -> str:
+    b = sorted(blocks)
+    if not b:
+        return "none"
+    if b == list(range(b[0], b[-1] + 1)) and len(b) > 1:
+        return f"{b[0]}–{b[-1]}"
+    return ", ".join(map(str, b))
+
+
 def dit_widths(model) -> dict:
+    """The MODEL's widths and layout: ``hidden``, ``context`` and ``pooled`` (the input
+    widths of its embedders, ``None`` when bypassed), ``blocks``, ``dual_attention_blocks``
+    (SD3.5 Medium's MMDiT-X blocks with ``x_block.attn2``) and ``base`` (a key of
+    ``dream_engine_core.adapter.DIT_BASES``)."""
     dit = mmdit_of(model)
     hidden = int(dit.x_embedder.proj.out_channels)
     # get_model_object: the object patch when there is one, the original otherwise
     # (the shared module may hold another clone's patch while that clone is loaded).
     ctx = model.get_model_object("diffusion_model.context_embedder")
     y = model.get_model_object("diffusion_model.y_embedder")
+    dual = [i for i, b in enumerate(dit.joint_blocks) if getattr(b.x_block, "x_block_self_attn", False)]
+    qk_norm = not isinstance(getattr(dit.joint_blocks[0].context_block.attn, "ln_q", None), torch.nn.Identity)
     return {
         "hidden": hidden,
         "context": _in_features(ctx),
         "pooled": _in_features(y) if y is not None else None,
         "patched": isinstance(ctx, DreamEngineIdentity),
+        "blocks": len(dit.joint_blocks),
+        "dual_attention_blocks": dual,
+        "base": dit_base(dual, qk_norm),
     }
 
 
+def describe_dit(w: dict) -> str:
+    """E.g. ``SD3.5 Medium (24 blocks, hidden 1536, dual attention in blocks 0–12)``."""
+    dual = w["dual_attention_blocks"]
+    extra = f", dual attention in block{'s' if len(dual) > 1 else ''} {_blocks_text(dual)}" if dual else ""
+    return f"{dit_base_name(w['base'])} ({w['blocks']} blocks, hidden {w['hidden']}{extra})"
+
+
+class AdapterMismatch(DreamEngineError, ValueError):
+    """An adapter's output widths do not fit the SD3 MODEL it is loaded onto."""
+
+
+class AdapterBaseMismatch(AdapterMismatch):
+    """An adapter made for one SD3 base (e.g. SD3.5 Large) meets another (e.g. SD3.5 Medium)."""
+
+
+def _made_for(spec, w: dict) -> tuple[str, str]:
+    """``(base, how we know)`` of the adapter: its recorded base, or for a direct map
+    without one the base whose full-size hidden width its outputs have (when that is
+    not the MODEL's width)."""
+    if spec.dit:
+        return spec.dit, "recorded in its metadata"
+    if spec.kind == "direct" and spec.token_dim == spec.pooled_dim != w["hidden"]:
+        for base, hidden in DIT_BASE_HIDDEN.items():
+            if hidden == spec.token_dim:
+                return base, f"its outputs are {hidden}-d, {dit_base_name(base)}'s hidden width"
+    return "", ""
+
+
 def check_adapter_fits(spec, model, adapter_name: str) -> None:
-    """Raise when the adapter's output widths cannot feed this DiT."""
+    """Raise :class:`AdapterBaseMismatch` when the adapter was made for another SD3 base
+    than the MODEL's, :class:`AdapterMismatch` when its output widths cannot feed this DiT."""
     w = dit_widths(model)
+    base, how = _made_for(spec, w)
+    if base and base != w["base"]:
+        made = dit_base_name(base)
+        raise AdapterBaseMismatch(
+            f"adapter {adapter_name!r} was made for {made} ({spec.kind} map, {spec.token_dim}-d tokens; {how}), "
+            f"but the MODEL connected to Load Dream Engine is {describe_dit(w)}. An adapter and its DiT LoRA work "
+            f"only on the base they were trained on: load {made} ({DIT_BASES.get(base, ('', 'its file'))[1]} in "
+            f"models/diffusion_models, with Load Diffusion Model) and connect it, or choose the adapter made for "
+            f"{dit_base_name(w['base'])}")
     if spec.kind == "direct":
         if spec.token_dim != w["hidden"] or spec.pooled_dim != w["hidden"]:
-            raise ValueError(
+            raise AdapterMismatch(
                 f"adapter {adapter_name!r} is a direct map with {spec.token_dim}-d tokens and a {spec.pooled_dim}-d "
-                f"vector, but this SD3 model's hidden width is {w['hidden']} (SD3.5 Large: 2432); "
-                f"use the direct-map adapter made for this model (keys input_embeds_align_mlp.2.weight "
-                f"[{w['hidden']}, H] and condition_embeds_align_mlp.2.weight [{w['hidden']}, H])")
+                f"vector, but this SD3 model's hidden width is {w['hidden']} ({describe_dit(w)}; full size: "
+                f"SD3.5 Large 2432, SD3.5 Medium 1536); use the direct-map adapter made for this model (keys "
+                f"input_embeds_align_mlp.2.weight [{w['hidden']}, H] and condition_embeds_align_mlp.2.weight "
+                f"[{w['hidden']}, H])")
     else:
         if w["patched"]:
-            raise ValueError("this MODEL already has its embedders bypassed for a direct-map adapter; "
-                             "connect the unpatched SD3.5 model for a standard-map adapter")
+            raise AdapterMismatch("this MODEL already has its embedders bypassed for a direct-map adapter; "
+                                  "connect the unpatched SD3.5 model for a standard-map adapter")
         if (w["context"], w["pooled"]) != (spec.token_dim, spec.pooled_dim):
-            raise ValueError(
+            raise AdapterMismatch(
                 f"adapter {adapter_name!r} is a standard map with {spec.token_dim}-d tokens and a "
                 f"{spec.pooled_dim}-d pooled vector, but this SD3 model takes {w['context']}-d context and "
                 f"{w['pooled']}-d pooled conditioning (SD3.5: 4096 and 2048); use the adapter made for this model")

@@ -21,7 +21,7 @@ from ..dream_engine_core.weights import load_adapter, read_metadata
 from .direct_map import check_adapter_fits, mark_direct_map, patch_direct_map
 from .models import (DreamEngineHandle, DreamEngineModule, adapter_files, adapter_path,
                      lmm_folder_path, lmm_folders)
-from .segments import CATEGORY, Segments
+from .segments import CATEGORY, Segments, search_aliases
 
 log = logging.getLogger("dream_engine")
 Engine = io.Custom("DREAM_ENGINE")
@@ -81,6 +81,8 @@ class LoadDreamEngine(io.ComfyNode):
             node_id="LoadDreamEngine",
             display_name="Load Dream Engine",
             category=CATEGORY,
+            **search_aliases("qwen2-vl", "qwen2 vl loader", "multimodal encoder", "image prompt", "lmm",
+                             "sd3.5 text encoder"),
             description="Loads the Dream Engine: the Qwen2-VL LMM (an HF-format folder in models/LLM) and the "
                         "adapter (models/dream_engine). A direct-map adapter also returns a clone of the SD3.5 "
                         "MODEL with its text embedders bypassed (connect that MODEL to the sampler); a "
@@ -172,6 +174,8 @@ class InterleavedConditioning(io.ComfyNode):
             node_id="DreamEngineInterleavedConditioning",
             display_name="Dream Engine Interleaved Conditioning",
             category=CATEGORY,
+            **search_aliases("qwen2-vl", "interleaved", "image prompt", "multi image", "reference image",
+                             "multimodal prompt", "image edit", "object fusion"),
             description="Encodes an interleaved text-image prompt with the Dream Engine into the positive "
                         "conditioning and the task's matching negative (the CFG input of the release). "
                         "Refer to images as [image 1], [image 2] … or by a segment's [name].",
@@ -185,14 +189,20 @@ class InterleavedConditioning(io.ComfyNode):
                                tooltip="generate: text (+ referenced images) → image; edit: one image + "
                                        "instruction; fuse: named objects + caption; reconstruct: one image."),
                 io.Combo.Input("padding", options=list(PADDINGS), default="natural",
-                               tooltip="natural: every input keeps its length (as trained); reference: "
-                                       "pad like the release's inference (77 tokens), for output parity."),
+                               tooltip="natural: positive and negative keep their own lengths (as trained). "
+                                       "reference: pad like the release's inference (left, with <|endoftext|>, "
+                                       "to 77 tokens or to the positive's length; never truncated), pad states "
+                                       "as transformers 5.x computes them. reference_4.49_gpu: the same padding, "
+                                       "pad states as transformers 4.49 computed them with SDPA on CUDA (pad "
+                                       "positions attend to every token), as the release's demo ran there."),
                 io.Combo.Input("pooling", options=list(POOLINGS), default="mean",
                                tooltip="Mean for the pooled vector: mean over every position (release) or "
                                        "masked_mean (pad tokens excluded; same as mean without padding)."),
                 io.Combo.Input("positions", options=list(POSITIONS), default="mrope",
-                               tooltip="mrope: Qwen2-VL's multimodal positions (correct); 1d: plain positions, "
-                                       "for parity with the release's transformers version."),
+                               tooltip="mrope: Qwen2-VL's multimodal positions — what the release's code "
+                                       "computes on transformers 4.49 and later. 1d: plain positions 0…L−1, which "
+                                       "transformers 4.48 and older used on every call after the first; the "
+                                       "release's transformers version is not known."),
                 Segments.Input("segments", optional=True,
                                tooltip="The prompt's images (Image Segment chain)."),
                 io.Int.Input("image_short_side", default=DEFAULT_SHORT_SIDE, min=0, max=4096, step=1,

@@ -7,7 +7,7 @@ never modify a chain they receive: ComfyUI caches node outputs and shares them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,13 @@ from ..dream_engine_core.prompt import ImageRef, check_ratio
 Segments = io.Custom("DREAM_SEGMENTS")
 CATEGORY = "conditioning/dream_engine"
 NEUTRAL_FILL = 0.5  # mid grey, the colour outside a segment's mask
+
+
+def search_aliases(*aliases: str) -> dict:
+    """``search_aliases=[…]`` for ``io.Schema`` on hosts whose schema has the field (newer
+    ComfyUI: the node search also matches these words); nothing on hosts without it
+    (0.3.75's ``Schema`` would refuse the keyword)."""
+    return {"search_aliases": list(aliases)} if "search_aliases" in {f.name for f in fields(io.Schema)} else {}
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class ImageSegment(io.ComfyNode):
             node_id="DreamEngineImageSegment",
             display_name="Dream Engine Image Segment",
             category=CATEGORY,
+            **search_aliases("reference image", "image prompt", "multi image", "interleaved", "add image",
+                             "qwen2-vl image"),
             description="Adds one image to a Dream Engine prompt. Chain segments to give a prompt any "
                         "number of images: the first is [image 1], the next [image 2], and so on; a "
                         "named segment can also be written as [name].",
@@ -110,6 +119,8 @@ class BlendRatio(io.ComfyNode):
             node_id="DreamEngineBlendRatio",
             display_name="Dream Engine Blend Ratio",
             category=CATEGORY,
+            **search_aliases("visual blend", "image strength", "reference strength", "image weight",
+                             "reference image"),
             description="Sets the visual blend r of a segment: on the image's tokens the LMM's output is "
                         "mixed with the vision tower's features, (1 - r)·LMM + r·ViT. r = 0 means no blend "
                         "(the released model's default); larger r keeps more of the image's appearance.",

@@ -133,15 +133,50 @@ def test_natural_lengths_differ_between_cond_and_uncond(engine):
     assert pos.attention_mask.all() and neg.attention_mask.all()
 
 
-def test_reference_padding_rules(real_vocab_engine):
+@pytest.mark.parametrize("padding", ["reference", "reference_4.49_gpu"])
+def test_reference_padding_rules(real_vocab_engine, padding):
+    """Both inputs come out the same length (the release concatenates them into one batch),
+    the positive is never truncated, and 77 is the floor where the release pads to its
+    default ``max_sequence_length`` (text generate, edit, reconstruct)."""
     engine = real_vocab_engine
-    _, neg = engine.encode("a cat like [a]", [IMGS[0]], [ImageRef("a")], options=EncodeOptions(padding="reference"))
-    assert neg.tokens.shape[1] == 77
-    pos, neg = engine.encode("[a] wearing [b]", IMGS[:2], [ImageRef("a"), ImageRef("b")], task="fuse",
-                             options=EncodeOptions(padding="reference"))
-    assert pos.tokens.shape[1] == neg.tokens.shape[1] and not neg.attention_mask.all()
-    pos, neg = engine.encode("word " * 200, options=EncodeOptions(padding="reference"))
-    assert pos.tokens.shape[1] > 200 and neg.tokens.shape[1] == 77  # never truncated
+    opts = EncodeOptions(padding=padding)
+    nat = EncodeOptions()
+    cases = [("a red dog", [], [], "generate", 77),
+             ("word " * 200, [], [], "generate", None),
+             ("a cat like [a]", IMGS[:1], [ImageRef("a")], "generate", None),
+             ("[a] wearing [b]", IMGS[:2], [ImageRef("a"), ImageRef("b")], "fuse", None),
+             ("make it red", IMGS[:1], [ImageRef()], "edit", 77),
+             ("", IMGS[:1], [ImageRef()], "reconstruct", 77)]
+    for prompt, imgs, refs, task, floor in cases:
+        pos, neg = engine.encode(prompt, imgs, refs, task=task, options=opts)
+        pos_n, neg_n = engine.encode(prompt, imgs, refs, task=task, options=nat)
+        n = pos_n.tokens.shape[1]
+        assert pos.tokens.shape[1] == neg.tokens.shape[1] == max(n, floor or 0), (task, prompt[:20])
+        assert int(pos.attention_mask.sum()) == n and int(neg.attention_mask.sum()) == neg_n.tokens.shape[1]
+        assert not neg.attention_mask.all()
+        # real tokens do not see the pads: their states equal the unpadded ones
+        real = pos.attention_mask[0].bool()
+        torch.testing.assert_close(pos.tokens[:, real], pos_n.tokens, rtol=1e-4, atol=1e-5)
+
+
+def test_pad_rows_attention_free_and_attend_all(real_vocab_engine):
+    """``reference``: every pad state is one vector (zero attention output in every layer);
+    ``reference_4.49_gpu``: pad states attend to every token, so they differ with the text."""
+    engine = real_vocab_engine
+    enc = engine.encoder
+    ti = build_task_inputs("a red dog", [])
+    prep = enc.prepare_images([])
+    free = enc.encode(ti.uncond, prep, pad_to=77)
+    allx = enc.encode(ti.uncond, prep, pad_to=77, pad_rows="attend_all")
+    pads = ~free.attention_mask[0].bool()
+    h = free.hidden[0, pads]
+    torch.testing.assert_close(h, enc.pad_state().expand_as(h))
+    real = ~pads
+    torch.testing.assert_close(allx.hidden[0, real], free.hidden[0, real], rtol=1e-4, atol=1e-5)
+    assert float((allx.hidden[0, pads] - h).abs().max()) > 1e-2
+    a = enc.encode(ti.cond, prep, pad_to=77, pad_rows="attend_all")
+    b = enc.encode(build_task_inputs("two blue birds", []).cond, prep, pad_to=77, pad_rows="attend_all")
+    assert float((a.hidden[0, 0] - b.hidden[0, 0]).abs().max()) > 1e-3  # a pad state sees the text
 
 
 def test_long_text_not_truncated(engine):

@@ -10,7 +10,10 @@ the server serves), in headless Chromium:
 * with the frontend's newer node renderer ("Nodes 2.0", setting
   ``Comfy.VueNodes.Enabled``): the Dream Engine nodes render every widget, nothing is
   logged as an error, the layout check holds, and a workflow queued from the page
-  runs on the server.
+  runs on the server;
+* each node's help page (``web/docs``) opened from the canvas, in English and in Chinese,
+  and the nodes' Chinese names (``locales/zh``) in a frontend that keeps a pack's
+  translations (see the section below).
 """
 from __future__ import annotations
 
@@ -334,3 +337,178 @@ def _run_and_screenshot(server, api):
             assert errors == []
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------ help pages and translations
+# The pack's help pages (web/docs) and Chinese translations (locales/zh) in the real frontend.
+# The host's frontend (1.32.9) shows the help pages, in the frontend's language, but drops a
+# pack's translations when it loads a language (its loadLocale replaces the messages merged
+# from /i18n); 1.33.13 merges them again, so the node names are checked there, served by the
+# same ComfyUI with --front-end-root (installed by scripts/setup_env.sh).
+HELP_WORKFLOW = os.path.join(host.WORKFLOWS, "3_object_fusion.json")  # all four node types
+LOCALES = os.path.join(host.ROOT, "locales")
+NEWER_FRONTEND = os.path.join(host.ROOT, ".venv", "frontend-1.33.13", "comfyui_frontend_package", "static")
+
+SELECT = """(type) => { const n = window.app.graph._nodes.find(n => n.type === type);
+    window.app.canvas.deselectAll(); window.app.canvas.selectNode(n); window.app.canvas.centerOnNode(n);
+    window.app.canvas.setDirty(true, true); return !!n }"""
+HELP_SHOWN = """(title) => { const el = document.querySelector('.markdown-content');
+    const h1 = el && el.querySelector('h1'); return !!h1 && h1.innerText.trim() === title }"""
+HELP_CONTENT = """() => { const el = document.querySelector('.markdown-content'); return {
+    text: el.innerText, strong: [...el.querySelectorAll('strong')].map(e => e.innerText.trim()),
+    code: [...el.querySelectorAll('code')].map(e => e.innerText.trim()),
+    headings: [...el.querySelectorAll('h2')].map(h => h.innerText.trim()), tables: el.querySelectorAll('table').length} }"""
+
+
+def _zh(name: str) -> dict:
+    with open(os.path.join(LOCALES, "zh", name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _page_in_locale(browser, server, locale: str):
+    """A page opened with ``Comfy.Locale`` stored on the server before it loads (as the
+    settings dialog stores it); set back to English once the page is open."""
+    server.post("/settings/Comfy.Locale", locale)
+    try:
+        return _open(browser, server)
+    finally:
+        server.post("/settings/Comfy.Locale", "en")
+
+
+@pytest.fixture(scope="module")
+def help_pages(browser):
+    """The host's frontend in English and in Chinese, each with workflow 3 loaded."""
+    server = _server()
+    pages = {loc: _page_in_locale(browser, server, loc) for loc in ("en", "zh")}
+    for pg in pages.values():
+        load(pg, HELP_WORKFLOW)
+    yield pages
+    for pg in pages.values():
+        pg.close()
+
+
+def open_help(pg, node_type: str, title: str) -> tuple[dict, list]:
+    """Select the node on the canvas and press the selection toolbox's info button, as a user
+    does; returns what the node library's help panel shows and the help files the page fetched."""
+    fetched = []
+
+    def on_response(r):
+        if "/docs/" in r.url:
+            fetched.append((r.url.split("/extensions/", 1)[-1], r.status))
+
+    pg.on("response", on_response)
+    try:
+        assert pg.evaluate(SELECT, node_type)
+        pg.wait_for_timeout(300)
+        pg.locator('[data-testid="info-button"]').first.click()
+        pg.wait_for_function(HELP_SHOWN, arg=title, timeout=30_000)
+        pg.wait_for_timeout(300)
+        return pg.evaluate(HELP_CONTENT), fetched
+    finally:
+        pg.remove_listener("response", on_response)
+
+
+def _help_screenshot(pg, name: str) -> None:
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    pg.screenshot(path=os.path.join(ARTIFACTS, name))
+
+
+@pytest.mark.parametrize("node_type", DREAM_NODES)
+def test_node_help_page_in_the_frontend(help_pages, node_type):
+    """English: the node's help page from web/docs, rendered in the node library with its
+    sections, tables and every input of the node's definition."""
+    pg = help_pages["en"]
+    errors_before = len(pg.page_errors)
+    info = host.get_server().get(f"/object_info/{node_type}")[node_type]
+    shown, fetched = open_help(pg, node_type, info["display_name"])
+    assert (f"comfyui-dream-engine/docs/{node_type}.md", 200) in fetched, fetched
+    with open(os.path.join(host.ROOT, "web", "docs", f"{node_type}.md"), encoding="utf-8") as f:
+        sections = [line[3:].strip() for line in f if line.startswith("## ")]
+    assert shown["headings"] == sections
+    assert shown["tables"] >= 3
+    inputs = [*info["input"]["required"], *info["input"].get("optional", {})]
+    assert set(inputs) <= set(shown["strong"]), set(inputs) - set(shown["strong"])
+    _help_screenshot(pg, f"help_{node_type}.png")
+    assert pg.page_errors[errors_before:] == []
+
+
+@pytest.mark.parametrize("node_type", DREAM_NODES)
+def test_node_help_page_in_chinese(help_pages, node_type):
+    """Chinese (``Comfy.Locale`` = zh): the frontend fetches web/docs/<node>/zh.md and shows it,
+    every input under its Chinese name and its id."""
+    pg = help_pages["zh"]
+    d = _zh("nodeDefs.json")[node_type]
+    shown, fetched = open_help(pg, node_type, d["display_name"])
+    assert (f"comfyui-dream-engine/docs/{node_type}/zh.md", 200) in fetched, fetched
+    for name, t in d["inputs"].items():
+        assert t["name"] in shown["strong"] and name in shown["code"], name
+    _help_screenshot(pg, f"help_zh_{node_type}.png")
+
+
+def test_server_serves_the_translations_the_frontend_requests():
+    """``GET /i18n`` (what every frontend version requests) holds the pack's Chinese node
+    definitions and type names exactly as shipped."""
+    served = host.get_server().get("/i18n")["zh"]
+    assert served["nodeDefs"] == {**served["nodeDefs"], **_zh("nodeDefs.json")}
+    assert {k: served["dataTypes"][k] for k in _zh("main.json")["dataTypes"]} == _zh("main.json")["dataTypes"]
+
+
+@pytest.fixture(scope="module")
+def newer_frontend_server(tmp_path_factory):
+    if not os.path.isfile(os.path.join(NEWER_FRONTEND, "index.html")):
+        pytest.fail(f"no frontend in {NEWER_FRONTEND}: run scripts/setup_env.sh (it installs "
+                    f"comfyui-frontend-package 1.33.13 there)", pytrace=False)
+    base = str(tmp_path_factory.mktemp("newer-frontend"))
+    host.prepare_base_dir(base)
+    server = host.ComfyServer(base, extra_args=["--front-end-root", NEWER_FRONTEND]).start()
+    yield server
+    server.stop()
+
+
+NODE_LABELS = """(types) => window.app.graph._nodes.filter(n => types.includes(n.type)).map(n => ({
+    type: n.type, title: n.title,
+    inputs: Object.fromEntries((n.inputs || []).map(i => [i.name, i.localized_name || i.label || i.name])),
+    widgets: Object.fromEntries((n.widgets || []).filter(w => !w.options?.hidden).map(w => [w.name, w.label || w.name])),
+    outputs: (n.outputs || []).map(o => o.localized_name || o.label || o.name) }))"""
+
+
+def test_chinese_node_names_in_a_frontend_that_keeps_pack_translations(browser, newer_frontend_server):
+    """Frontend 1.33.13 on the same ComfyUI: after switching the language to Chinese (the
+    ``Comfy.Locale`` setting, as the settings dialog sets it), the pack's nodes, inputs and
+    outputs show under their names in locales/zh; a screenshot is kept."""
+    server = newer_frontend_server
+    server.post("/settings/Comfy.TutorialCompleted", True)
+    server.post("/settings/Comfy.Minimap.Visible", False)
+    server.post("/settings/LiteGraph.Canvas.MinFontSizeForLOD", 0)
+    pg = _open(browser, server)
+    try:
+        # the settings dialog's way: the setting store saves it on the server; node titles are
+        # made when the page registers the nodes, so the page is reloaded, as after any switch
+        pg.evaluate("async () => await window.app.extensionManager.setting.set('Comfy.Locale', 'zh')")
+        assert json.loads(server.get("/settings/Comfy.Locale")) == "zh"
+        pg.reload(wait_until="domcontentloaded", timeout=120_000)
+        pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        pg.wait_for_timeout(1000)
+        pg.keyboard.press("Escape")
+        load(pg, HELP_WORKFLOW)
+        defs = _zh("nodeDefs.json")
+        nodes = pg.evaluate(NODE_LABELS, list(DREAM_NODES))
+        assert {n["type"] for n in nodes} == set(DREAM_NODES)
+        for n in nodes:
+            d = defs[n["type"]]
+            assert n["title"] == d["display_name"], n
+            want = {k: v["name"] for k, v in d["inputs"].items()}
+            assert {k: want[k] for k in n["inputs"]} == n["inputs"], n
+            assert {k: want[k] for k in n["widgets"]} == n["widgets"], n
+        cond = next(n for n in nodes if n["type"] == "DreamEngineInterleavedConditioning")
+        assert cond["outputs"] == [defs["DreamEngineInterleavedConditioning"]["outputs"][k]["name"] for k in ("0", "1")]
+        pg.evaluate(SELECT, "DreamEngineInterleavedConditioning")
+        pg.evaluate("() => { window.app.canvas.ds.scale = 1; window.app.canvas.centerOnNode("
+                    "window.app.graph._nodes.find(n => n.type === 'DreamEngineInterleavedConditioning'));"
+                    " window.app.canvas.setDirty(true, true); }")
+        pg.wait_for_timeout(600)
+        _help_screenshot(pg, "frontend_zh_nodes.png")
+        assert pg.page_errors == []
+    finally:
+        server.post("/settings/Comfy.Locale", "en")
+        pg.close()

@@ -3,8 +3,8 @@ wiring and interrupts, as a demanding user (or a hostile API client) would try t
 
 Node cases run through the real ComfyUI server (``shared_server`` in ``tests/conftest.py``). Each case
 asserts a clear error that names the fix, on the right node and input, once; that no
-image was written (nothing half-way); and the server keeps serving. The README's
-"Reliability" section lists these cases with the messages users see.
+image was written (nothing half-way); and the server keeps serving. docs/reliability.md
+lists these cases with the messages users see.
 """
 from __future__ import annotations
 
@@ -238,13 +238,35 @@ def _truncate(path: str, keep: float = 0.6) -> tuple[int, int]:
 
 
 def test_truncated_lmm_weights(server):
+    """Refused when the prompt is queued, on ``lmm``, before transformers opens anything."""
     d = _lmm_copy(server, "truncated-Qwen2-VL")
     full, cut = _truncate(os.path.join(d, "model.safetensors"))
-    err = failed(server, graph(lmm="truncated-Qwen2-VL"))
-    assert err["node_type"] == "LoadDreamEngine" and err["exception_type"] == "dream_engine.WeightsError"
-    msg = err["exception_message"]
+    msg = _one_error_on(rejected(server, graph(lmm="truncated-Qwen2-VL")), "3", "lmm")
     assert os.path.join("truncated-Qwen2-VL", "model.safetensors") in msg
     assert f"truncated: expected {full} bytes, found {cut}" in msg and "re-download" in msg
+    still_serving(server)
+
+
+# one broken file of each kind (tests/test_lmm_folder_checks.py has every case of the checker)
+LMM_FILE_CASES = ["config empty", "config no vision_config", "config no hidden_size", "tokenizer not JSON",
+                  "tokenizer_config not JSON", "merges.txt bad line", "preprocessor not JSON",
+                  "preprocessor patch 16", "processor_config nested", "index not JSON", "index key not in shard",
+                  "weights empty", "shard truncated"]
+
+
+@pytest.mark.parametrize("case", LMM_FILE_CASES)
+def test_broken_file_in_the_lmm_folder(server, case):
+    """Each broken file gives one message on ``lmm`` when the prompt is queued, naming the
+    file, what is wrong and the fix (never the library's raw error); the next prompt runs."""
+    from test_lmm_folder_checks import CASES
+
+    _, edit, named, what, fix = next(c for c in CASES if c[0] == case)
+    name = "broken-" + case.replace(" ", "-").replace(".", "-")
+    d = _lmm_copy(server, name)
+    edit(d)
+    msg = _one_error_on(rejected(server, graph(lmm=name)), "3", "lmm")
+    assert os.path.join(name, named) in msg and what in msg and fix in msg, msg
+    shutil.rmtree(d)  # the LMM list stays short
     still_serving(server)
 
 
@@ -280,6 +302,16 @@ def test_adapter_that_is_not_safetensors(server):
         f.write(b"\x80\x02}q\x00." + b"\x00" * 64)  # a pickle under a safetensors name
     msg = _adapter_error(server, "pickle_adapter.safetensors")["exception_message"]
     assert path in msg and "not a safetensors file" in msg and "tools.convert_official" in msg
+
+
+def test_empty_adapter(server):
+    path = _adapter_file(server, "empty_adapter.safetensors", build=False)
+    open(path, "wb").close()
+    err = _adapter_error(server, "empty_adapter.safetensors")
+    assert err["exception_type"] == "dream_engine.WeightsError"
+    msg = err["exception_message"]
+    assert path in msg and "is empty (0 bytes)" in msg and "re-download" in msg and "pickle" not in msg, msg
+    still_serving(server)
 
 
 def test_adapter_with_unreadable_header(server):
@@ -570,7 +602,7 @@ def test_check_safetensors_on_corrupt_files(tmp_path):
     cases = {
         "padded": (raw + b"\x00" * 16, "is corrupt: its header describes"),
         "short header": (raw[:20], "is truncated: expected at least"),
-        "empty": (b"", "is not a safetensors file"),
+        "empty": (b"", "is empty (0 bytes)"),
         "zip": (b"PK\x03\x04" + b"\x00" * 60, "is not a safetensors file"),
         "bad offsets": (_with_header({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, 8),
                         "needs 16 bytes, its offsets give 8"),

@@ -1,4 +1,5 @@
-"""Distributed checkpoints: 2 gloo processes under ``torchrun``, DDP and FSDP.
+"""Distributed checkpoints: 2 gloo processes under ``torchrun``, DDP and FSDP, on the
+SD3.5-Large layout and on the SD3.5-Medium layout (dual-attention blocks, their LoRA).
 
 The run is SIGKILLed (every process) after its step-2 checkpoint, resumed with
 ``--resume auto``, and its loss curve and exported files must equal those of the
@@ -17,6 +18,15 @@ from tests.test_training import PY, ROOT, _cli, _log_losses, tiny  # noqa: F401 
 pytestmark = pytest.mark.training  # runs a trainer
 
 STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def medium_tiny(tmp_path_factory, comfy):
+    """The tiny training set with its DiT in SD3.5-Medium layout."""
+    from model_builders.comfy_formats import TINY_MEDIUM
+    from miniature.training_set import build_tiny_training_set
+
+    return build_tiny_training_set(str(tmp_path_factory.mktemp("medium_train")), n_records=8, **TINY_MEDIUM)
 
 
 def _kill_tree(pid: int):
@@ -45,7 +55,9 @@ def _torchrun(tiny, out, parallel, *extra, **kw):  # noqa: F811
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_sigkill_and_resume_equals_uninterrupted(tiny, tmp_path, parallel):  # noqa: F811
+@pytest.mark.parametrize("layout", ["large", "medium"])
+def test_sigkill_and_resume_equals_uninterrupted(request, tmp_path, layout, parallel):
+    tiny = request.getfixturevalue("tiny" if layout == "large" else "medium_tiny")  # noqa: F811
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = tmp_path / "ref"
     r = subprocess.run(_torchrun(tiny, ref, parallel), cwd=ROOT, capture_output=True, text=True, timeout=400,
@@ -74,7 +86,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tiny, tmp_path, parallel):  # n
     got, want = _log_losses(out), _log_losses(ref)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     diff = max(abs(got[s] - want[s]) for s in want)
-    print(f"{parallel}: killed after step {killed_at}, resumed at 2; max |loss difference| over {STEPS} steps "
+    print(f"{layout} {parallel}: killed after step {killed_at}, resumed at 2; max |loss difference| over {STEPS} steps "
           f"= {diff:.3e}")
     assert diff < 1e-6, (got, want)
     from safetensors.torch import load_file
@@ -83,3 +95,5 @@ def test_sigkill_and_resume_equals_uninterrupted(tiny, tmp_path, parallel):  # n
         a, b = load_file(str(out / name)), load_file(str(ref / name))
         assert a.keys() == b.keys()
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6, name
+    # the Medium layout's dual-attention block carries its LoRA through the resume
+    assert any(".attn2." in k for k in a) == (layout == "medium")

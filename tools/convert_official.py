@@ -48,7 +48,8 @@ import sys
 
 import torch
 
-from dream_engine_core.weights import WeightsError, folder_weight_map
+from dream_engine_core.errors import DreamEngineError
+from dream_engine_core.lmm_folder import tensor_files
 from tools.release import ConversionError
 from tools.release.dit_lora import StockBase, plan_lora_form
 from tools.release.plan import Plan, plan
@@ -115,7 +116,7 @@ def _check_release(p: Plan, lmm_base: str | None) -> None:
 
 def _check_lmm_complete(p: Plan, lmm_base: str) -> None:
     """The release's LMM must hold every tensor of the stock model (none is taken from the stock folder)."""
-    stock, have = folder_weight_map(lmm_base), {t.key for t in p.of("lmm")}
+    stock, have = tensor_files(lmm_base), {t.key for t in p.of("lmm")}
     if not stock or not have:
         return
     norm = {re.sub(r"^model\.language_model\.", "model.", re.sub(r"^model\.visual\.", "visual.", k)) for k in stock}
@@ -270,7 +271,7 @@ def main(argv=None):
             ap.error("--out-dir is required (or --list for a dry run)")
         convert(a.release, a.out_dir, a.lmm_base, a.name, a.dtype, a.lora_alpha, progress=not a.no_progress,
                 dit_base=a.dit_base, dit_form=a.dit_form, lmm_name=a.lmm_name)
-    except (ConversionError, WeightsError) as e:
+    except (ConversionError, DreamEngineError) as e:  # the pack's own errors (a broken file) too
         print(f"conversion failed: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -104,6 +104,20 @@ def dit_hidden(dit) -> int:
     return int(dit.x_embedder.proj.out_channels)
 
 
+def dual_attention_blocks(dit) -> list[int]:
+    """The blocks of SD3.5 Medium's MMDiT-X layout with a second self-attention
+    (``x_block.attn2``); none in SD3.5 Large."""
+    return [i for i, b in enumerate(dit.joint_blocks) if getattr(b.x_block, "x_block_self_attn", False)]
+
+
+def base_of(dit) -> str:
+    """The SD3 base of the DiT's layout (``dream_engine_core.adapter.dit_base``)."""
+    from dream_engine_core.adapter import dit_base
+
+    qk_norm = not isinstance(getattr(dit.joint_blocks[0].context_block.attn, "ln_q", None), nn.Identity)
+    return dit_base(dual_attention_blocks(dit), qk_norm)
+
+
 def timestep(sigma: torch.Tensor) -> torch.Tensor:
     """ComfyUI's SD3 model sampling: ``t = σ · 1000`` (``ModelSamplingDiscreteFlow``)."""
     return sigma * 1000.0
@@ -256,18 +270,21 @@ def merge_diffusers_lora(base_sd: dict, lora_sd: dict, depth: int, strength: flo
 
 
 def mmdit_from_state_dict(sd: dict):
-    """A plain ComfyUI ``MMDiT`` (SD3.5 layout, RMS qk-norm) built from a ComfyUI-layout
-    state dict, outside any model wrapper — the hand reference of the tests."""
+    """A plain ComfyUI ``MMDiT`` (SD3.5 layout, RMS qk-norm; the SD3.5-Medium blocks with
+    ``x_block.attn2`` where the keys have them) built from a ComfyUI-layout state dict,
+    outside any model wrapper — the hand reference of the tests."""
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
     import comfy.ops
 
+    attn2 = (re.fullmatch(r"joint_blocks\.(\d+)\.x_block\.attn2\.qkv\.weight", k) for k in sd)
+    dual = sorted(int(m.group(1)) for m in attn2 if m)
     hidden, ctx = sd["context_embedder.weight"].shape
     m = MMDiT(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=hidden // 64,
               adm_in_channels=sd["y_embedder.mlp.0.weight"].shape[1],
               context_embedder_config={"target": "torch.nn.Linear",
                                        "params": {"in_features": ctx, "out_features": hidden}},
               pos_embed_max_size=int(sd["pos_embed"].shape[1] ** 0.5), num_patches=sd["pos_embed"].shape[1],
-              qk_norm="rms", x_block_self_attn_layers=[], dtype=torch.float32,
+              qk_norm="rms", x_block_self_attn_layers=dual, dtype=torch.float32,
               operations=comfy.ops.disable_weight_init)
     m.load_state_dict(sd)
     return m.eval()

@@ -49,12 +49,14 @@ def lora_from_params(params: dict[str, torch.Tensor], alpha: float) -> dict[str,
     return out
 
 
-def save_lora(path: str, params: dict[str, torch.Tensor], rank: int, alpha: float, extra: dict | None = None) -> str:
+def save_lora(path: str, params: dict[str, torch.Tensor], rank: int, alpha: float, extra: dict | None = None,
+              base: str = "") -> str:
+    """``base``: the SD3 base the LoRA was trained on (``dream_engine_core.adapter.DIT_BASES``)."""
     sd = lora_from_params(params, alpha)
     if not sd:
         raise ValueError("no LoRA parameters to export")
     md = {"format": "dream_engine.sd3_lora", "key_form": "diffusers_sd3", "lora_rank": str(rank),
-          "lora_alpha": str(float(alpha)), "base_model": "sd3.5"}
+          "lora_alpha": str(float(alpha)), "base_model": base or "sd3.5"}
     md.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     atomic_save(sd, path, md)
     return path
@@ -107,7 +109,8 @@ def export_run(params: dict, cfg: dict, adapter_path: str | None, lora_path: str
                      lmm_folder=cfg["lmm"] if os.path.isdir(cfg.get("lmm") or "") else None)
         out["adapter"] = adapter_path
     if lora_path and any("lora_" in k for k in params):
-        save_lora(lora_path, params, cfg["lora_rank"], cfg["lora_alpha"] or cfg["lora_rank"], {"training": info})
+        save_lora(lora_path, params, cfg["lora_rank"], cfg["lora_alpha"] or cfg["lora_rank"], {"training": info},
+                  base=spec.dit)
         out["lora"] = lora_path
     if dit_path and cfg.get("train_dit") == "full":
         full_dit_from_params(cfg["dit"], params, dit_path, {"training": info})

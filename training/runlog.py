@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 import os
 
-COLUMNS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "val_loss"]
+# max_*_gib: the CUDA allocator's peaks so far in this process (empty on other devices)
+COLUMNS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "val_loss", "max_allocated_gib", "max_reserved_gib"]
 
 
 class RunLog:

@@ -30,6 +30,7 @@ Settings and flags: ``training/config.py``; data: ``training/data.py``; the DiT:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ from dataclasses import asdict
 
 import torch
 
-from dream_engine_core.adapter import Adapter, AdapterSpec
+from dream_engine_core.adapter import Adapter, AdapterSpec, dit_base_name
 from dream_engine_core.prompt import build_task_inputs
 from dream_engine_core.weights import load_adapter
 
@@ -149,19 +150,25 @@ class Trainer:
         self.patcher, dit = DT.load_dit(c.dit)
         self.vae, self.latent_format = DT.load_vae(c.vae)
         hidden = DT.dit_hidden(dit)
+        base = DT.base_of(dit)  # recorded in the adapter: Load Dream Engine refuses it on another base
         if c.map_kind == "direct":
             spec = AdapterSpec.direct(hidden, lmm_dim=self.encoder.hidden_size, hidden_dim=c.adapter_hidden,
-                                      lmm=os.path.basename(os.path.normpath(c.lmm)))
+                                      lmm=os.path.basename(os.path.normpath(c.lmm)), dit=base)
         else:
             ctx, y = dit.context_embedder, dit.y_embedder
             spec = AdapterSpec.standard(lmm_dim=self.encoder.hidden_size, hidden_dim=c.adapter_hidden,
                                         token_dim=ctx.in_features, pooled_dim=y.mlp[0].in_features,
-                                        lmm=os.path.basename(os.path.normpath(c.lmm)))
+                                        lmm=os.path.basename(os.path.normpath(c.lmm)), dit=base)
         if c.adapter_init:
             adapter = load_adapter(c.adapter_init, lmm_dim=self.encoder.hidden_size).float()
+            if adapter.spec.dit and adapter.spec.dit != base:
+                raise ValueError(f"--adapter-init {c.adapter_init} was made for {dit_base_name(adapter.spec.dit)}, "
+                                 f"but --dit {c.dit} is {dit_base_name(base)}; start from the stage-1 adapter "
+                                 f"trained on this base")
             if adapter.spec.expected_shapes() != spec.expected_shapes():
                 raise ValueError(f"--adapter-init {c.adapter_init} has a different layout than this run needs")
-            spec = adapter.spec
+            spec = dataclasses.replace(adapter.spec, dit=base)
+            adapter.spec = spec
         else:
             torch.manual_seed(c.seed)
             adapter = Adapter(spec)
@@ -360,7 +367,8 @@ class Trainer:
             self.step += 1
             losses.append(loss)
             row = {"step": self.step, "loss": f"{loss:.8f}", "lr": f"{lr:.6g}", "grad_norm": f"{float(gn):.6g}",
-                   "samples_per_s": f"{c.batch / max(1e-9, time.time() - t0):.3f}", "val_loss": ""}
+                   "samples_per_s": f"{c.batch / max(1e-9, time.time() - t0):.3f}", "val_loss": "",
+                   **self._memory_peaks()}
             if c.val_every and self.step % c.val_every == 0 and self.rank == 0 and c.parallel != "fsdp":
                 row["val_loss"] = f"{self.eval_loss():.8f}"
                 save_render(self, os.path.join(c.out, "val", f"step-{self.step:08d}.png"))
@@ -382,6 +390,13 @@ class Trainer:
             log.close()
             self.export(params=params)
         return losses
+
+    def _memory_peaks(self) -> dict:
+        """The CUDA allocator's peak allocated and reserved memory so far (empty elsewhere)."""
+        if self.device.type != "cuda":
+            return {"max_allocated_gib": "", "max_reserved_gib": ""}
+        return {"max_allocated_gib": f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.3f}",
+                "max_reserved_gib": f"{torch.cuda.max_memory_reserved(self.device) / 2**30:.3f}"}
 
     def trained_params(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         src = self.ema if (use_ema and self.ema is not None) else self.params

@@ -1,5 +1,5 @@
 """Figures 2, 3 and 6: a Dream Engine encode timed against the floor of its work
-(``benchmarks/flops.py``), beside plain transformers' forward on the same tokens, and its
+(``model_builders/flops.py``), beside plain transformers' forward on the same tokens, and its
 scaling with images and resolution."""
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def _work(eng, prompt, images, opts, pos, neg) -> dict:
     """The prompt's tokens, image patches and the cost of its passes (every pass, and the required ones)."""
     from dream_engine_core.prompt import ImageRef, build_task_inputs
 
-    from ..flops import encode_cost, required_cost
+    from model_builders.flops import encode_cost, required_cost
 
     enc = eng.encoder
     prep = enc.prepare_images(images, opts.short_side, opts.min_pixels, opts.max_pixels)
@@ -112,7 +112,7 @@ def measure(eng, prompt, images, opts, repeats, breakdown=True, warm=(2, 6), siz
 
     out["time"] = timeit(run, repeats=repeats, min_warmup=warm[0], max_warmup=warm[1], between=lambda: calibrate(size))
     if peer and not images:
-        from ..flops import lm_only_cost
+        from model_builders.flops import lm_only_cost
 
         out["peer"] = _peer_forward(eng, variants, opts, out["cond_tokens"], repeats, warm, size)
         out["peer"]["cost"] = lm_only_cost(eng.encoder.model.config, out["cond_tokens"], esize=esize)

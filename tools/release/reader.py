@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dream_engine_core.weights import check_safetensors, read_weight_map
+from dream_engine_core.weights import check_safetensors
 
 from ..weights import ST_DTYPES
 
@@ -121,9 +121,7 @@ def locate(src: str, need_shards: bool = True) -> Release:
         with ShardReader() as shards:
             rel.weights = dict.fromkeys(shards.open(single).keys(), single)
         return rel
-    wm = read_weight_map(index)
-    if not wm:
-        raise ConversionError(f"the index {index} names no weights (its weight_map is empty)")
+    wm = _weight_map(index)
     rel.weights = {k: os.path.join(folder, s) for k, s in wm.items()}
     rel.missing_shards = sorted({s for s in wm.values() if not os.path.isfile(os.path.join(folder, s))})
     if need_shards and rel.missing_shards:
@@ -151,6 +149,18 @@ def _weights_source(src: str) -> tuple[str | None, str | None]:
         raise ConversionError(f"{src} has no *.index.json and not exactly one weights file ({files}); "
                               f"pass the release's repository root, its transformer/ folder or the index")
     return None, os.path.join(src, files[0])
+
+
+def _weight_map(index: str) -> dict[str, str]:
+    """The release index's ``weight_map`` (key → shard file name)."""
+    try:
+        with open(index) as f:
+            wm = json.load(f).get("weight_map")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConversionError(f"the index {index} is unreadable ({e}); download it again") from None
+    if not isinstance(wm, dict) or not wm:
+        raise ConversionError(f"the index {index} has no weight_map; download it again")
+    return wm
 
 
 def _with_config(rel: Release, folder: str) -> Release:
