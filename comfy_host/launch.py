@@ -9,9 +9,9 @@ the registry's CUDA torchvision that import fails unless
 ``dream_engine_core.compat.ensure_torchvision_importable`` has run first. This file is run
 by path (``comfy_host.server.ComfyServer`` does, and so does
 ``scripts/user_install_driver.py`` in a user's ComfyUI), so it needs nothing of this
-repository on ``sys.path``: it loads the core's ``compat.py`` from the file beside it,
-and the server process imports nothing else of the repository (the pack is loaded by
-ComfyUI from ``custom_nodes``, exactly as a user's ComfyUI loads it).
+repository on ``sys.path``: it loads the core from the folder beside it under a private
+name, and the server process imports nothing else of the repository (the pack is loaded
+by ComfyUI from ``custom_nodes``, exactly as a user's ComfyUI loads it).
 
 The ComfyUI folder is ``$COMFYUI_PATH`` or ``.venv/comfyui``.
 """
@@ -26,14 +26,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_torchvision_importable() -> None:
-    """Run the core's torchvision fix from ``dream_engine_core/compat.py`` (standard library
-    and torch only), loaded under a private name so no package of this repository is imported."""
-    spec = importlib.util.spec_from_file_location("_dream_engine_launch_compat",
-                                                  os.path.join(ROOT, "dream_engine_core", "compat.py"))
-    compat = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = compat  # keeps the operator library it may define alive
-    spec.loader.exec_module(compat)
-    compat.ensure_torchvision_importable()
+    """Run the core's torchvision fix: the core's package (``dream_engine_core``: standard library
+    and torch at import) is loaded under a private name, whose import runs the fix, so that no
+    package of this repository becomes importable under its own name."""
+    core = os.path.join(ROOT, "dream_engine_core")
+    spec = importlib.util.spec_from_file_location("_dream_engine_launch_core", os.path.join(core, "__init__.py"),
+                                                  submodule_search_locations=[core])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # keeps the operator library the fix may define alive
+    spec.loader.exec_module(module)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, asdict
 import torch
 from torch import nn
 
+from .errors import OptionError
+
 MAP_KINDS = ("direct", "standard")
 POOLINGS = ("mean", "masked_mean")
 
@@ -65,10 +67,11 @@ class AdapterSpec:
 
     def __post_init__(self):
         if self.kind not in MAP_KINDS:
-            raise ValueError(f"adapter kind must be one of {MAP_KINDS}, got {self.kind!r}")
+            raise OptionError(f"adapter kind must be one of {MAP_KINDS}, got {self.kind!r}")
         for name in ("lmm_dim", "hidden_dim", "token_dim", "pooled_dim"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"adapter {name} must be positive")
+                raise OptionError(f"adapter {name} must be a positive width, got {getattr(self, name)!r} (from a "
+                                  f"file: its metadata is damaged; export the adapter again)")
 
     @classmethod
     def direct(cls, dit_hidden: int = 2432, lmm_dim: int = 1536, hidden_dim: int = 4096, **kw):
@@ -102,10 +105,10 @@ def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooli
     included) or ``masked_mean`` over the positions the mask keeps."""
     if pooling == "mean" or attention_mask is None:
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise OptionError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         return hidden.mean(dim=1)
     if pooling != "masked_mean":
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise OptionError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
 

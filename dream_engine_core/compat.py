@@ -28,6 +28,8 @@ import sys
 
 import torch
 
+from .errors import DependencyError
+
 log = logging.getLogger("dream_engine")
 
 _TORCHVISION_LIB = None
@@ -38,11 +40,7 @@ TRANSFORMERS_REQUIREMENT = "transformers>=4.57"
 _warned_untested = False
 
 
-class DependencyError(RuntimeError):
-    """A package the pack needs is missing or too old; the message says what to install."""
-
-
-def _install_hint(requirement: str) -> str:
+def install_hint(requirement: str) -> str:
     return (f"install it into the Python that runs ComfyUI: {sys.executable} -m pip install \"{requirement}\" "
             f"(or `pip install -r requirements.txt` in the Dream Engine folder)")
 
@@ -74,11 +72,11 @@ def require_transformers() -> str:
         import transformers
     except ImportError as e:
         raise DependencyError(f"Dream Engine needs the transformers package, which cannot be imported ({e}); "
-                              + _install_hint(TRANSFORMERS_REQUIREMENT)) from e
+                              + install_hint(TRANSFORMERS_REQUIREMENT)) from e
     found = transformers.__version__
     if parse_version(found)[:2] < TRANSFORMERS_MIN:
         raise DependencyError(f"Dream Engine needs {TRANSFORMERS_REQUIREMENT} (found transformers {found}); "
-                              + _install_hint(TRANSFORMERS_REQUIREMENT))
+                              + install_hint(TRANSFORMERS_REQUIREMENT))
     if parse_version(found)[:2] > TRANSFORMERS_TESTED_MAX and not _warned_untested:
         _warned_untested = True
         log.warning("Dream Engine was tested with transformers %d.%d to %d.%d; found %s, which may work "

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compat import image_size_kwargs, load_processor, load_qwen2vl, require_transformers, rope_index, vision_merged
-from .errors import DreamEngineError
+from .compat import (image_size_kwargs, install_hint, load_processor, load_qwen2vl, require_transformers, rope_index,
+                     vision_merged)
+from .errors import DependencyError, ImageInputError, OptionError
 from .prompt import IMG, ModelInput
 from .lmm_folder import LMMFolderError, check_lmm_folder  # noqa: F401 - LMMFolderError re-exported
 
@@ -58,10 +59,6 @@ DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 512 * 28 * 28
 #: the largest long-side / short-side ratio Qwen2-VL's processors accept
 MAX_ASPECT_RATIO = 200
-
-
-class ImageInputError(DreamEngineError, ValueError):
-    """An image cannot be encoded (empty, wrong channel count, NaN …)."""
 
 
 def attend_all_mask(mask: torch.Tensor) -> torch.Tensor | None:
@@ -137,8 +134,8 @@ def fit_to_patches(img: Image.Image) -> Image.Image:
     try:
         from qwen_vl_utils import fetch_image
     except ImportError as e:
-        raise ImportError("Dream Engine prepares images with qwen-vl-utils, as the released model did; "
-                          "install it: pip install 'qwen-vl-utils>=0.0.14,<0.1'") from e
+        raise DependencyError(f"Dream Engine prepares images with qwen-vl-utils, as the released model did, and "
+                              f"cannot import it ({e}); " + install_hint("qwen-vl-utils>=0.0.14,<0.1")) from e
     return fetch_image({"image": img})
 
 
@@ -321,9 +318,9 @@ class LMMEncoder:
         """Last-layer states of one model input, left-padded to ``pad_to`` tokens (never
         truncated) with pad states as ``pad_rows`` says (module docstring)."""
         if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+            raise OptionError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if pad_rows not in PAD_ROWS:
-            raise ValueError(f"pad_rows must be one of {PAD_ROWS}, got {pad_rows!r}")
+            raise OptionError(f"pad_rows must be one of {PAD_ROWS}, got {pad_rows!r}")
         key = None
         if not inp.images and self.text_cache_size > 0 and not self.model.training:
             key = (inp.text, pad_to, positions, pad_rows, self._weights_key())
@@ -356,8 +353,8 @@ class LMMEncoder:
             h = lm.embed_tokens(torch.tensor([[self.pad_token_id]], device=self.device))
             for layer in lm.layers:
                 if getattr(layer.self_attn.o_proj, "bias", None) is not None:
-                    raise DreamEngineError("this LMM's attention output projection has a bias, so its pad states "
-                                           "are not defined by pad_rows='attention_free'; use padding 'natural'")
+                    raise OptionError("this LMM's attention output projection has a bias, so its pad states "
+                                      "are not defined by pad_rows='attention_free'; use padding 'natural'")
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             self._pad_state = (key, lm.norm(h)[0, 0])
         return self._pad_state[1]

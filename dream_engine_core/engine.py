@@ -19,6 +19,7 @@ import torch
 from .adapter import Adapter, POOLINGS
 from .encoder import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE, EncodedStates,
                       LMMEncoder, check_aspect_ratio, to_pil)
+from .errors import OptionError, PromptError
 from .interrupt import interrupt_points
 from .prompt import IMG, ImageRef, TaskInputs, build_task_inputs
 from .weights import check_adapter_lmm, load_adapter
@@ -107,9 +108,9 @@ class EncodeOptions:
 
     def __post_init__(self):
         if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+            raise OptionError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise OptionError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
 
 def reference_padding(task: str, cond_len: int, cond_has_images: bool) -> tuple[int | None, int | None]:
@@ -173,7 +174,8 @@ class DreamEngine:
         images = list(images or [])
         refs = list(refs) if refs is not None else [ImageRef() for _ in images]
         if len(refs) != len(images):
-            raise ValueError(f"{len(images)} images but {len(refs)} image references")
+            raise PromptError(f"{len(images)} images but {len(refs)} image references; pass one reference per "
+                              f"image, or none (each image then gets a default one)", "images")
         ti: TaskInputs = build_task_inputs(prompt, refs, task, opts.style)
         sources = []
         for i, im in enumerate(images):  # validate every image before any compute

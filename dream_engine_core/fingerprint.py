@@ -31,16 +31,13 @@ import re
 
 import torch
 
+from .errors import FingerprintError
 from .lmm_folder import tensor_files
 
 VERSION = "fp1"
 META_FINGERPRINT = "lmm_fingerprint"
 META_FOLDER = "lmm_folder"
 _ATTN = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight$")
-
-
-class FingerprintError(ValueError):
-    """The LMM folder holds no safetensors weights with decoder attention projections."""
 
 
 def _weight_files(folder: str) -> dict[str, str]:
@@ -94,7 +91,7 @@ def check_pair(adapter_metadata: dict, adapter_name: str, folder: str) -> str | 
     """Compare an adapter's recorded fingerprint with the LMM folder.
 
     Returns ``None`` when they match, a one-line warning when the adapter records no
-    fingerprint; raises :class:`ValueError` naming both folders and the fix on a mismatch."""
+    fingerprint; raises :class:`FingerprintError` naming both folders and the fix on a mismatch."""
     want = adapter_metadata.get(META_FINGERPRINT)
     if not want:
         return (f"adapter {adapter_name} records no LMM fingerprint, so it cannot be checked against the LMM "
@@ -103,7 +100,7 @@ def check_pair(adapter_metadata: dict, adapter_name: str, folder: str) -> str | 
     have = lmm_fingerprint(folder)
     if have != want:
         made = adapter_metadata.get(META_FOLDER, "an unnamed LMM folder")
-        raise ValueError(
+        raise FingerprintError(
             f"adapter {adapter_name} was made with the LMM folder {made!r} (fingerprint {want}), but the selected "
             f"LMM folder {os.path.basename(os.path.normpath(folder))!r} holds different weights (fingerprint "
             f"{have}). Select the LMM the adapter was made with (for the official release: the "

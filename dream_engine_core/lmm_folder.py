@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import DreamEngineError
+from .errors import LMMFolderError
 from .weights import WeightsError, check_safetensors
 
 INDEX = "model.safetensors.index.json"
@@ -47,10 +47,6 @@ COPY_FIX = ("copy {name} again from the model's folder (Qwen2-VL-2B-Instruct as 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 _passed: dict[str, tuple] = {}
-
-
-class LMMFolderError(DreamEngineError, FileNotFoundError):
-    """The LMM folder is missing, incomplete, holds another model, or one of its files is broken."""
 
 
 def _fix(name: str) -> str:

@@ -43,24 +43,13 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .errors import DreamEngineError
+from .errors import PromptError  # noqa: F401 - raised here, exported under this module too
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 TASKS = ("generate", "edit", "fuse", "reconstruct")
 
 _REF = re.compile(r"\[\[|\]\]|\[([^\[\]]*)\]|[\[\]]")
 _IMAGE_N = re.compile(r"^\s*image\s*(\d+)\s*$", re.IGNORECASE)
-
-
-class PromptError(DreamEngineError, ValueError):
-    """The prompt or its images cannot form a model input; the message says how to fix it.
-
-    ``field`` names the input at fault: ``"prompt"``, ``"names"`` (the images' names),
-    ``"images"`` (their number), ``"ratio"``, ``"task"`` or ``"style"``."""
-
-    def __init__(self, message: str, field: str = "prompt"):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -101,7 +90,8 @@ class ModelInput:
     def __post_init__(self):
         n = self.text.count(IMG)
         if n != len(self.images) or n != len(self.ratios):
-            raise AssertionError(f"{n} placeholders but {len(self.images)} images / {len(self.ratios)} ratios")
+            raise PromptError(f"the model input has {n} image placeholders but {len(self.images)} images and "
+                              f"{len(self.ratios)} ratios; build model inputs with build_task_inputs", "images")
 
 
 @dataclass

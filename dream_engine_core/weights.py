@@ -16,16 +16,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .adapter import Adapter, AdapterSpec
-from .errors import DreamEngineError
+from .errors import WeightsError
 
 FORMAT_NAME = "dream_engine.adapter"
 FORMAT_VERSION = "1"
 CONVERT_HINT = ("convert it with `python -m tools.convert_official` (the release) "
                 "or re-export it with the pack's trainers")
-
-
-class WeightsError(DreamEngineError, ValueError):
-    """A weight file is missing, not safetensors, or does not match what is expected."""
 
 
 REDOWNLOAD_HINT = "re-download the file (or re-export it with the tool that wrote it)"
@@ -59,28 +55,9 @@ def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
             raise WeightsError(f"{path} is truncated: expected at least {8 + n} bytes (its header alone), "
                                f"found {size}; {fix}")
         raw = first + f.read(n - 1)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-        end = 0
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = (int(x) for x in info["data_offsets"])
-            shape = [int(d) for d in info["shape"]]
-            if not 0 <= b <= e or any(d < 0 for d in shape):
-                raise ValueError(f"tensor {name!r} has offsets {[b, e]} and shape {shape}")
-            item = _DTYPE_BYTES.get(str(info["dtype"]))
-            numel = 1
-            for d in shape:
-                numel *= d
-            if item is not None and e - b != numel * item:
-                raise ValueError(f"tensor {name!r} ({info['dtype']} {shape}) needs {numel * item} bytes, "
-                                 f"its offsets give {e - b}")
-            end = max(end, e)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise WeightsError(f"{path}: the safetensors header is unreadable ({err}); {fix}") from None
+    header, end, problem = _read_header(raw)
+    if problem:
+        raise WeightsError(f"{path}: the safetensors header is unreadable ({problem}); {fix}")
     expected = 8 + n + end
     if size < expected:
         raise WeightsError(f"{path} is truncated: expected {expected} bytes, found {size}; {fix}")
@@ -88,6 +65,37 @@ def check_safetensors(path: str, fix: str = REDOWNLOAD_HINT) -> dict:
         raise WeightsError(f"{path} is corrupt: its header describes {expected} bytes, but the file has {size} "
                            f"(data appended or the header damaged); {fix}")
     return header
+
+
+def _read_header(raw: bytes) -> tuple[dict | None, int, str]:
+    """The parsed header, the end offset of its tensors' data, and what is wrong with it
+    (empty when nothing is: the header is what safetensors writes)."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        return None, 0, str(err)
+    if not isinstance(header, dict):
+        return None, 0, "the header is not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            b, e = (int(x) for x in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+            dtype = str(info["dtype"])
+        except (ValueError, KeyError, TypeError) as err:
+            return None, 0, str(err)
+        if not 0 <= b <= e or any(d < 0 for d in shape):
+            return None, 0, f"tensor {name!r} has offsets {[b, e]} and shape {shape}"
+        item = _DTYPE_BYTES.get(dtype)
+        numel = 1
+        for d in shape:
+            numel *= d
+        if item is not None and e - b != numel * item:
+            return None, 0, f"tensor {name!r} ({dtype} {shape}) needs {numel * item} bytes, its offsets give {e - b}"
+        end = max(end, e)
+    return header, end, ""
 
 
 def check_adapter_lmm(spec: AdapterSpec, lmm_hidden: int, adapter: str) -> None:

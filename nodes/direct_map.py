@@ -27,7 +27,7 @@ import comfy.patcher_extension
 import torch
 
 from ..dream_engine_core.adapter import DIT_BASE_HIDDEN, DIT_BASES, dit_base, dit_base_name
-from ..dream_engine_core.errors import DreamEngineError
+from ..dream_engine_core.errors import AdapterBaseMismatch, AdapterMismatch, WiringError
 
 MARKER = "dream_engine_direct_map"
 PATCH_KEYS = ("diffusion_model.context_embedder", "diffusion_model.y_embedder")
@@ -42,8 +42,8 @@ def mmdit_of(model):
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
     if inner is None or not hasattr(inner, "context_embedder") or not hasattr(inner, "joint_blocks"):
         kind = type(getattr(model, "model", model)).__name__
-        raise ValueError(f"Dream Engine conditions Stable Diffusion 3.5 (an MM-DiT); the MODEL given is a "
-                         f"{kind}. Load the SD3.5 diffusion model (e.g. with 'Load Diffusion Model') and connect it.")
+        raise WiringError(f"Dream Engine conditions Stable Diffusion 3.5 (an MM-DiT); the MODEL given is a "
+                          f"{kind}. Load the SD3.5 diffusion model (e.g. with 'Load Diffusion Model') and connect it.")
     return inner
 
 
@@ -96,14 +96,6 @@ def describe_dit(w: dict) -> str:
     dual = w["dual_attention_blocks"]
     extra = f", dual attention in block{'s' if len(dual) > 1 else ''} {_blocks_text(dual)}" if dual else ""
     return f"{dit_base_name(w['base'])} ({w['blocks']} blocks, hidden {w['hidden']}{extra})"
-
-
-class AdapterMismatch(DreamEngineError, ValueError):
-    """An adapter's output widths do not fit the SD3 MODEL it is loaded onto."""
-
-
-class AdapterBaseMismatch(AdapterMismatch):
-    """An adapter made for one SD3 base (e.g. SD3.5 Large) meets another (e.g. SD3.5 Medium)."""
 
 
 def _made_for(spec, w: dict) -> tuple[str, str]:
@@ -160,10 +152,6 @@ def patch_direct_map(model):
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARKER)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARKER, _direct_map_wrapper)
     return m
-
-
-class WiringError(DreamEngineError, ValueError):
-    """A sampler was wired with a MODEL and CONDITIONING that do not belong together."""
 
 
 UNPATCHED_MODEL = ("Dream Engine direct-map conditioning reached an SD3.5 MODEL whose text embedders are not "

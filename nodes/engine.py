@@ -13,6 +13,7 @@ from comfy_api.latest import io, ui
 from ..dream_engine_core.encoder import LMMEncoder, check_lmm_folder
 from ..dream_engine_core.encoder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE
 from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS, describe
+from ..dream_engine_core.errors import OptionError
 from ..dream_engine_core.adapter import POOLINGS
 from ..dream_engine_core.encoder import POSITIONS
 from ..dream_engine_core.prompt import TASKS, build_task_inputs
@@ -37,12 +38,12 @@ def _devices(device: str):
         return mm.get_torch_device(), mm.text_encoder_offload_device()
     if device == "default":
         return mm.text_encoder_device(), mm.text_encoder_offload_device()
-    raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    raise OptionError(f"device must be one of {DEVICES}, got {device!r}")
 
 
 def _dtype(name: str, load_device) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
+        raise OptionError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
     if DTYPES[name] is not None:
         return DTYPES[name]
     if mm.is_device_cpu(load_device):
@@ -137,7 +138,7 @@ class LoadDreamEngine(io.ComfyNode):
         apath = adapter_path(adapter)
         # -- adapter <-> LMM fingerprint (dream_engine_core/fingerprint.py) --
         if fingerprint_check not in FINGERPRINT_CHECKS:
-            raise ValueError(f"fingerprint_check must be one of {FINGERPRINT_CHECKS}, got {fingerprint_check!r}")
+            raise OptionError(f"fingerprint_check must be one of {FINGERPRINT_CHECKS}, got {fingerprint_check!r}")
         if fingerprint_check == "enforce":
             warning = check_lmm_fingerprint(read_metadata(apath), adapter, folder)  # raises on a mismatch
             if warning:
@@ -228,7 +229,8 @@ class InterleavedConditioning(io.ComfyNode):
         chain = tuple(segments or ())
         refs = [s.ref() for s in chain]
         if max_pixels < min_pixels:
-            raise ValueError(f"max_pixels ({max_pixels}) must be at least min_pixels ({min_pixels})")
+            raise OptionError(f"max_pixels ({max_pixels}) must be at least min_pixels ({min_pixels}); raise "
+                              f"max_pixels or lower min_pixels")
         opts = EncodeOptions(padding=padding, pooling=pooling, positions=positions,
                              short_side=int(image_short_side) or None, min_pixels=int(min_pixels),
                              max_pixels=int(max_pixels))

@@ -15,7 +15,7 @@ import os
 import folder_paths
 import torch
 
-from ..dream_engine_core.errors import DreamEngineError
+from ..dream_engine_core.errors import ModelNameError
 
 LMM_FOLDER = "LLM"
 ADAPTER_FOLDER = "dream_engine"
@@ -53,10 +53,6 @@ def lmm_folders() -> list[str]:
                 out.add(d)
             out.update(f"{d}/{s}" for s in nested)
     return sorted(out)
-
-
-class ModelNameError(DreamEngineError, FileNotFoundError):
-    """A model name that is not one of the files or folders listed for its input."""
 
 
 LMM_FILES_HINT = ("put the HF-format Qwen2-VL folder there (for the official release the converter's "

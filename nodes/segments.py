@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
+from ..dream_engine_core.errors import ImageInputError, OptionError, PromptError, WiringError
 from ..dream_engine_core.prompt import ImageRef, check_ratio
 
 Segments = io.Custom("DREAM_SEGMENTS")
@@ -41,10 +42,11 @@ def select_frame(image: torch.Tensor, frame: int) -> torch.Tensor:
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4:
-        raise ValueError(f"ImageSegment expects an IMAGE batch [B, H, W, C]; got shape {list(image.shape)}")
+        raise ImageInputError(f"ImageSegment expects an IMAGE batch [B, H, W, C]; got shape {list(image.shape)}: "
+                              f"connect an IMAGE output (e.g. Load Image)")
     if not 0 <= frame < image.shape[0]:
-        raise ValueError(f"frame {frame} does not exist: the image batch has {image.shape[0]} frame(s) "
-                         f"(frames count from 0)")
+        raise ImageInputError(f"frame {frame} does not exist: the image batch has {image.shape[0]} frame(s) "
+                              f"(frames count from 0)")
     return image[frame]
 
 
@@ -55,15 +57,16 @@ def apply_mask(img: torch.Tensor, mask: torch.Tensor, frame: int) -> torch.Tenso
     if m.ndim == 2:
         m = m[None]
     if m.ndim != 3:
-        raise ValueError(f"the MASK must be [B, H, W] or [H, W]; got shape {list(mask.shape)}")
+        raise ImageInputError(f"the MASK must be [B, H, W] or [H, W]; got shape {list(mask.shape)}: connect a "
+                              f"MASK output (e.g. Load Image's)")
     m = m[min(frame, m.shape[0] - 1)].float().to(img.device)
     h, w = img.shape[0], img.shape[1]
     if tuple(m.shape) != (h, w):  # e.g. LoadImage's 64×64 placeholder or another resolution
         m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     keep = m > 0.5
     if not bool(keep.any()):
-        raise ValueError("the MASK selects no pixel (no value above 0.5); paint the region to keep, "
-                         "or disconnect the mask to use the whole image")
+        raise ImageInputError("the MASK selects no pixel (no value above 0.5); paint the region to keep, "
+                              "or disconnect the mask to use the whole image")
     ys = torch.nonzero(keep.any(dim=1)).flatten()
     xs = torch.nonzero(keep.any(dim=0)).flatten()
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
@@ -108,7 +111,7 @@ class ImageSegment(io.ComfyNode):
         chain = tuple(segments or ()) + (Segment(img.contiguous(), ref.name, 0.0),)
         names = [s.name.lower() for s in chain if s.name]
         if len(names) != len(set(names)):
-            raise ValueError(f"two image segments are named {ref.name!r}; give each segment its own name")
+            raise PromptError(f"two image segments are named {ref.name!r}; give each segment its own name", "names")
         return io.NodeOutput(chain)
 
 
@@ -138,12 +141,12 @@ class BlendRatio(io.ComfyNode):
     def execute(cls, segments, ratio=0.5, apply_to="last") -> io.NodeOutput:
         chain = tuple(segments or ())
         if not chain:
-            raise ValueError("BlendRatio got no segment; connect an Image Segment first")
+            raise WiringError("BlendRatio got no segment; connect an Image Segment first")
         r = check_ratio(ratio)
         if apply_to == "all":
             out = tuple(replace(s, ratio=r) for s in chain)
         elif apply_to == "last":
             out = chain[:-1] + (replace(chain[-1], ratio=r),)
         else:
-            raise ValueError(f"apply_to must be 'last' or 'all', got {apply_to!r}")
+            raise OptionError(f"apply_to must be 'last' or 'all', got {apply_to!r}")
         return io.NodeOutput(out)
