@@ -85,16 +85,22 @@ def shared_server():
     if server is not None and server.alive():
         return server
     if "base" not in _SHARED:
-        from model_builders.comfy_formats import build_demo_models
-
         base = _SHARED["base"] = tempfile.mkdtemp(prefix="dream-engine-comfy-")
-        host.import_comfy()
-        small = os.path.join(base, "small_models")
-        build_demo_models(small)
-        host.prepare_base_dir(base, small)
+        host.prepare_base_dir(base, small_model_set(os.path.join(base, "small_models")))
         atexit.register(_stop_shared_server)
     server = _SHARED["server"] = host.ComfyServer(_SHARED["base"]).start()
     return server
+
+
+def small_model_set(folder: str) -> str:
+    """The small random-weight model set of ``make demo --random-models``
+    (``model_builders.comfy_formats.build_demo_models``), built in ``folder`` once."""
+    import comfy_host as host
+    from model_builders.comfy_formats import build_demo_models
+
+    host.import_comfy()
+    build_demo_models(folder)
+    return folder
 
 
 def _stop_shared_server():

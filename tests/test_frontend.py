@@ -25,7 +25,7 @@ import time
 import pytest
 
 import comfy_host as host
-from conftest import shared_server
+from conftest import shared_server, small_model_set
 
 CHROMIUM = os.environ.get("DREAM_ENGINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -419,7 +419,7 @@ def test_node_help_page_in_the_frontend(help_pages, node_type):
     sections, tables and every input of the node's definition."""
     pg = help_pages["en"]
     errors_before = len(pg.page_errors)
-    info = host.get_server().get(f"/object_info/{node_type}")[node_type]
+    info = shared_server().get(f"/object_info/{node_type}")[node_type]
     shown, fetched = open_help(pg, node_type, info["display_name"])
     assert (f"comfyui-dream-engine/docs/{node_type}.md", 200) in fetched, fetched
     with open(os.path.join(host.ROOT, "web", "docs", f"{node_type}.md"), encoding="utf-8") as f:
@@ -448,7 +448,7 @@ def test_node_help_page_in_chinese(help_pages, node_type):
 def test_server_serves_the_translations_the_frontend_requests():
     """``GET /i18n`` (what every frontend version requests) holds the pack's Chinese node
     definitions and type names exactly as shipped."""
-    served = host.get_server().get("/i18n")["zh"]
+    served = shared_server().get("/i18n")["zh"]
     assert served["nodeDefs"] == {**served["nodeDefs"], **_zh("nodeDefs.json")}
     assert {k: served["dataTypes"][k] for k in _zh("main.json")["dataTypes"]} == _zh("main.json")["dataTypes"]
 
@@ -459,7 +459,7 @@ def newer_frontend_server(tmp_path_factory):
         pytest.fail(f"no frontend in {NEWER_FRONTEND}: run scripts/setup_env.sh (it installs "
                     f"comfyui-frontend-package 1.33.13 there)", pytrace=False)
     base = str(tmp_path_factory.mktemp("newer-frontend"))
-    host.prepare_base_dir(base)
+    host.prepare_base_dir(base, small_model_set(os.path.join(base, "small_models")))
     server = host.ComfyServer(base, extra_args=["--front-end-root", NEWER_FRONTEND]).start()
     yield server
     server.stop()

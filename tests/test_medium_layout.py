@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import comfy_host as host
-from conftest import comfy_nodes_module, load_pack, pack_module
+from conftest import comfy_nodes_module, load_pack, pack_module, shared_server
 from test_export import _hand_sample
 
 LMM_NAME = "tiny-Qwen2-VL-medium-run"
@@ -256,6 +256,7 @@ def _adapter_for(path, kind, base, **kw):
 
 
 # ---------------------------------------------------------------- the shipped workflows
+@pytest.mark.server
 def test_medium_shipped_workflows_sample_on_the_server(medium, installed):
     """The shipped text-to-image and object-fusion API workflows (the graph of every shipped
     workflow: UNETLoader → LoraLoaderModelOnly → Load Dream Engine → KSampler), with the
@@ -263,7 +264,7 @@ def test_medium_shipped_workflows_sample_on_the_server(medium, installed):
     ComfyUI loaded every LoRA key."""
     from PIL import Image
 
-    server = host.get_server()
+    server = shared_server()
     models = os.path.join(server.base_dir, "models")
     for kind in ("dit", "lora", "adapter"):
         sub = {"dit": "diffusion_models", "lora": "loras", "adapter": "dream_engine"}[kind]
