@@ -25,6 +25,8 @@ import torch
 
 from conftest import comfy_nodes_module
 
+pytestmark = pytest.mark.heavy  # fake releases built, converted in both forms and sampled
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 4  # LoRA rank in the fake release (alpha = r, as the release's demo)
 LMM_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")

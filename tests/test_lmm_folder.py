@@ -107,6 +107,7 @@ def encode_once(folder: str):
     return enc.encode(ti.cond, prep)
 
 
+@pytest.mark.heavy  # every layout converted or re-saved, loaded and encoded
 @pytest.mark.parametrize("name", ["hub", "resaved", "vocab-merges", "converter-from-hub", "converter-from-resaved"])
 def test_layout_accepted_and_encodes_like_the_hub_folder(layouts, name):
     check_lmm_folder(layouts[name])

@@ -11,6 +11,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.heavy  # a DiT built and run under the FLOP counter
 def test_medium_activation_model_is_linear_in_the_tokens(comfy):
     """A fourth token count is predicted by the three-point fit, for each part kind."""
     from training.estimates import _new_part, fit_part, part_saved_bytes
@@ -21,6 +22,7 @@ def test_medium_activation_model_is_linear_in_the_tokens(comfy):
         assert got == pytest.approx(a + bx * 100 + bc * 44, abs=64), kind
 
 
+@pytest.mark.heavy  # a DiT built and run under the FLOP counter
 @pytest.mark.parametrize("rank", [0, 4])
 def test_medium_activation_model_adds_up_to_a_whole_dit(comfy, rank):
     """Summed over a Medium-layout DiT's blocks and final layer, the per-part fits predict the
@@ -58,6 +60,7 @@ def test_medium_activation_model_adds_up_to_a_whole_dit(comfy, rank):
         assert 0 <= want / got - 1 < 0.01, (got, want)
 
 
+@pytest.mark.heavy  # every table of the estimates computed again
 def test_medium_estimates_in_docs_are_the_module_output(comfy):
     """docs/training.md's Medium tables are what ``python -m training.estimates`` prints now,
     and the plan is consistent: every row fits its GPU, the 24 GB rows need gradient

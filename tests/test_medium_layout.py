@@ -103,6 +103,7 @@ def test_medium_builder_is_the_layout_comfyui_detects(comfy, tmp_path):
 
 
 # ---------------------------------------------------------------- training
+@pytest.mark.training  # the medium fixture trains both stages
 def test_medium_stages_train_adapter_and_dual_attention_lora(medium):
     for stage in (1, 2):
         before, after = medium["loss"][stage]
@@ -119,6 +120,7 @@ def test_medium_stages_train_adapter_and_dual_attention_lora(medium):
 
 
 # ---------------------------------------------------------------- export into ComfyUI
+@pytest.mark.training  # the medium fixture trains both stages
 def test_medium_export_every_lora_key_applied_and_samples_like_hand_merge(medium, installed, caplog):
     import comfy.lora
     import comfy.sample
@@ -197,6 +199,7 @@ def test_medium_export_every_lora_key_applied_and_samples_like_hand_merge(medium
 
 
 # ---------------------------------------------------------------- Large ↔ Medium
+@pytest.mark.training  # the medium fixture trains both stages
 def test_medium_adapter_refused_on_large_and_large_adapter_on_medium(medium, installed, tmp_path):
     import comfy.sd
     import folder_paths

@@ -32,6 +32,8 @@ import torch
 import release_oracle as ro
 from conftest import ROOT, comfy_nodes_module, pack_module
 
+pytestmark = pytest.mark.heavy  # the release's own code as the oracle, and a second transformers
+
 TF449 = os.path.join(ROOT, ".venv", "tf449")
 MLP, POOLED_PROJ = 96, (32, 16)
 STEP = 5          # the guided step compared (σ ≈ 0.95 of 28)
