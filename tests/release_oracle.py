@@ -448,8 +448,8 @@ def states_main(spec_path: str, out_path: str) -> None:
         wm = json.load(f)["weight_map"]
     sd = {}
     for shard in sorted(set(wm.values())):
-        sd.update({k: v for k, v in torch.load(os.path.join(tr, shard), map_location="cpu",
-                                               weights_only=True).items() if not k.startswith("dit.")})
+        shard_sd = torch.load(os.path.join(tr, shard), map_location="cpu", weights_only=True)
+        sd.update({k: v for k, v in shard_sd.items() if not k.startswith("dit.")})
     missing, unexpected = model.load_state_dict(module_names(sd, model), strict=False)
     assert not unexpected, unexpected[:5]
     assert not [k for k in missing if k.startswith("lmm.")], missing[:5]
