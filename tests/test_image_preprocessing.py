@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dream_engine_core.encoder import MAX_ASPECT_RATIO, ImageInputError, LMMEncoder

@@ -1,5 +1,6 @@
-"""The SD3.5-Medium training estimates (``training/estimates.py``): the per-block activation
-model predicts what autograd really keeps, and docs/training.md shows the module's tables."""
+"""The SD3.5-Medium training estimates (``training/estimates.py``, ``training/activations.py``):
+the per-block activation model predicts what autograd really keeps, and docs/training.md shows
+the module's tables."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.heavy  # a DiT built and run under the FLOP counter
 def test_medium_activation_model_is_linear_in_the_tokens(comfy):
     """A fourth token count is predicted by the three-point fit, for each part kind."""
-    from training.estimates import _new_part, fit_part, part_saved_bytes
+    from training.activations import _new_part, fit_part, part_saved_bytes
 
     for kind, rank in (("dual", 0), ("dual", 4), ("plain", 0), ("last", 0), ("final", 0), ("adapter", 0)):
         a, bx, bc = fit_part(kind, 256, rank)
@@ -31,7 +32,7 @@ def test_medium_activation_model_adds_up_to_a_whole_dit(comfy, rank):
     first block's image stream needs no gradient, so it keeps a little less than the others)."""
     from model_builders.comfy_formats import new_mmdit
     from training.dit import add_lora, direct_map
-    from training.estimates import activation_bytes, autocast_like_training, saved_bytes
+    from training.activations import activation_bytes, autocast_like_training, saved_bytes
 
     depth, dual = 4, (0, 1)
     hidden = 64 * depth

@@ -200,7 +200,7 @@ def test_medium_export_every_lora_key_applied_and_samples_like_hand_merge(medium
 
 # ---------------------------------------------------------------- Large ↔ Medium
 @pytest.mark.training  # the medium fixture trains both stages
-def test_medium_adapter_refused_on_large_and_large_adapter_on_medium(medium, installed, tmp_path):
+def test_medium_adapter_refused_on_large_and_large_adapter_on_medium(medium, installed, pack, tmp_path):
     import comfy.sd
     import folder_paths
 

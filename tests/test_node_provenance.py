@@ -5,9 +5,7 @@ import os
 import re
 import uuid
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import comfy_host as host

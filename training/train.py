@@ -149,31 +149,7 @@ class Trainer:
         self.encoder = LMMEncoder.from_folder(c.lmm, dtype=lmm_dtype, device=self.device)
         self.patcher, dit = DT.load_dit(c.dit)
         self.vae, self.latent_format = DT.load_vae(c.vae)
-        hidden = DT.dit_hidden(dit)
-        base = DT.base_of(dit)  # recorded in the adapter: Load Dream Engine refuses it on another base
-        if c.map_kind == "direct":
-            spec = AdapterSpec.direct(hidden, lmm_dim=self.encoder.hidden_size, hidden_dim=c.adapter_hidden,
-                                      lmm=os.path.basename(os.path.normpath(c.lmm)), dit=base)
-        else:
-            ctx, y = dit.context_embedder, dit.y_embedder
-            spec = AdapterSpec.standard(lmm_dim=self.encoder.hidden_size, hidden_dim=c.adapter_hidden,
-                                        token_dim=ctx.in_features, pooled_dim=y.mlp[0].in_features,
-                                        lmm=os.path.basename(os.path.normpath(c.lmm)), dit=base)
-        if c.adapter_init:
-            adapter = load_adapter(c.adapter_init, lmm_dim=self.encoder.hidden_size).float()
-            if adapter.spec.dit and adapter.spec.dit != base:
-                raise ValueError(f"--adapter-init {c.adapter_init} was made for {dit_base_name(adapter.spec.dit)}, "
-                                 f"but --dit {c.dit} is {dit_base_name(base)}; start from the stage-1 adapter "
-                                 f"trained on this base")
-            if adapter.spec.expected_shapes() != spec.expected_shapes():
-                raise ValueError(f"--adapter-init {c.adapter_init} has a different layout than this run needs")
-            spec = dataclasses.replace(adapter.spec, dit=base)
-            adapter.spec = spec
-        else:
-            torch.manual_seed(c.seed)
-            adapter = Adapter(spec)
-        adapter.requires_grad_(True).train()
-        self.spec = spec
+        adapter = self._adapter(dit)
         if c.map_kind == "direct":
             self._direct = DT.direct_map(dit)
             self._direct.__enter__()
@@ -209,6 +185,37 @@ class Trainer:
 
             self.wrapped = DDP(self.module, device_ids=[self.local] if self.device.type == "cuda" else None)
         return self
+
+    def _adapter(self, dit):
+        """The adapter this run trains: a new one of the run's layout, or ``--adapter-init``
+        checked against it (same layout, made for this base); trainable."""
+        c = self.cfg
+        hidden = DT.dit_hidden(dit)
+        base = DT.base_of(dit)  # recorded in the adapter: Load Dream Engine refuses it on another base
+        if c.map_kind == "direct":
+            spec = AdapterSpec.direct(hidden, lmm_dim=self.encoder.hidden_size, hidden_dim=c.adapter_hidden,
+                                      lmm=os.path.basename(os.path.normpath(c.lmm)), dit=base)
+        else:
+            ctx, y = dit.context_embedder, dit.y_embedder
+            spec = AdapterSpec.standard(lmm_dim=self.encoder.hidden_size, hidden_dim=c.adapter_hidden,
+                                        token_dim=ctx.in_features, pooled_dim=y.mlp[0].in_features,
+                                        lmm=os.path.basename(os.path.normpath(c.lmm)), dit=base)
+        if c.adapter_init:
+            adapter = load_adapter(c.adapter_init, lmm_dim=self.encoder.hidden_size).float()
+            if adapter.spec.dit and adapter.spec.dit != base:
+                raise ValueError(f"--adapter-init {c.adapter_init} was made for {dit_base_name(adapter.spec.dit)}, "
+                                 f"but --dit {c.dit} is {dit_base_name(base)}; start from the stage-1 adapter "
+                                 f"trained on this base")
+            if adapter.spec.expected_shapes() != spec.expected_shapes():
+                raise ValueError(f"--adapter-init {c.adapter_init} has a different layout than this run needs")
+            spec = dataclasses.replace(adapter.spec, dit=base)
+            adapter.spec = spec
+        else:
+            torch.manual_seed(c.seed)
+            adapter = Adapter(spec)
+        adapter.requires_grad_(True).train()
+        self.spec = spec
+        return adapter
 
     # ------------------------------------------------------------ samples
     def _drop_p(self, task):

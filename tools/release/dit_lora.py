@@ -15,7 +15,6 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
