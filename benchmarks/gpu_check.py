@@ -169,6 +169,13 @@ def run_mode(mode: str, m: dict, args, work: str, log=print) -> dict:
     probe_log = os.path.join(base, "probe.jsonl")
     os.environ["GPU_CHECK_PROBE_LOG"] = probe_log
     extra = ["--verbose", "DEBUG"]
+    try:
+        import comfyui_frontend_package  # noqa: F401
+    except ImportError:  # the check never opens the UI; ComfyUI only needs a folder to serve
+        web = os.path.join(work, "no-frontend")
+        os.makedirs(web, exist_ok=True)
+        extra += ["--front-end-root", web]
+        log("  comfyui-frontend-package is not installed: serving an empty folder (the check is headless)")
     if mode == "lowvram":
         extra.append("--lowvram")
     elif mode.startswith("limit"):
@@ -243,6 +250,9 @@ def table(result: dict) -> str:
         return "n/a (CPU)" if x is None else f"{x / 1024:.2f} GiB"
 
     for md in result["modes"]:
+        if md.get("error"):
+            L.append(f"| {md['mode']} | failed: {md['error'].strip().splitlines()[-1][:200]} | | | | | | | |")
+            continue
         base = [r["step_s"] for r in md["runs"] if r["run"] in ("baseline", "baseline_again")]
         b = statistics.median(base) if base else float("nan")
         for r in md["runs"]:
@@ -256,6 +266,23 @@ def table(result: dict) -> str:
                      f"{mb(r.get('encode_peak_allocated_mb')) if r.get('encode_s') is not None else ''} | "
                      f"{mb(r.get('sampling_peak_allocated_mb'))} | {ms} |")
     return "\n".join(L)
+
+
+def write_report(result: dict, out_dir: str, parts: set, t0: float) -> str:
+    """Write gpu_check.json and gpu_check.md for what has run so far; returns the tables."""
+    result["total_s"] = time.perf_counter() - t0
+    tables = ([table(result)] if result["modes"] else []) + \
+        ([training_table(result)] if "train" in parts and result.get("train") else [])
+    txt = "\n\n".join(tables)
+    result["table"] = txt
+    with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out_dir, "gpu_check.md"), "w") as f:
+        f.write(txt + "\n\nComfyUI's model-management log lines per run:\n\n")
+        for md in result["modes"]:
+            for r in md["runs"]:
+                f.write(f"{md['mode']} / {r['run']}:\n\n```\n" + "\n".join(r["memory_log"]) + "\n```\n\n")
+    return txt
 
 
 def main(argv=None):
@@ -312,24 +339,27 @@ def main(argv=None):
         result["models"] = m
         for mode in modes:
             print(f"mode {mode} ...", flush=True)
-            result["modes"].append(run_mode(mode, m, args, args.work))
+            try:
+                result["modes"].append(run_mode(mode, m, args, args.work))
+            except Exception as e:  # reported, and the other modes and training still run
+                print(f"mode {mode} FAILED: {e}", flush=True)
+                result["modes"].append({"mode": mode, "error": str(e)[-4000:], "runs": []})
+            write_report(result, out_dir, parts, t0)  # each finished mode is kept if a later one fails
     if "train" in parts:
         print("training on the SD3.5-Medium layout ...", flush=True)
-        result["train"] = run_training(args, args.work)
-    result["total_s"] = time.perf_counter() - t0
-    txt = "\n\n".join(([table(result)] if "sampling" in parts else []) +
-                       ([training_table(result)] if "train" in parts else []))
-    result["table"] = txt
-    with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(out_dir, "gpu_check.md"), "w") as f:
-        f.write(txt + "\n\nComfyUI's model-management log lines per run:\n\n")
-        for md in result["modes"]:
-            for r in md["runs"]:
-                f.write(f"{md['mode']} / {r['run']}:\n\n```\n" + "\n".join(r["memory_log"]) + "\n```\n\n")
+        try:
+            result["train"] = run_training(args, args.work)
+        except Exception as e:
+            print(f"training FAILED: {e}", flush=True)
+            result["train_error"] = str(e)[-4000:]
+    txt = write_report(result, out_dir, parts, t0)
     print(txt)
     print(f"total {result['total_s']:.0f} s; written {out_dir}/gpu_check.json and gpu_check.md")
-    return 0
+    failed = [md["mode"] for md in result["modes"] if md.get("error")] + (["train"] if "train_error" in result else [])
+    failed += [f"training stage {r['stage']}" for r in result.get("train", []) if r.get("error")]
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (errors in gpu_check.json)", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -129,8 +129,10 @@ def run_training(args, work: str, log=print) -> list[dict]:
         t = time.perf_counter()
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, env=env)
         wall = time.perf_counter() - t
-        if r.returncode != 0:
-            raise RuntimeError(f"training stage {stage} failed:\n{r.stderr[-4000:]}")
+        if r.returncode != 0:  # kept in the report; stage 2 needs stage 1's adapter, so stop here
+            log(f"  training stage {stage} FAILED:\n{r.stderr[-4000:]}")
+            out.append({"stage": stage, "error": r.stderr[-4000:], "command": " ".join(cmd[1:])})
+            break
         with open(os.path.join(run, "log.csv")) as f:
             rows = list(csv.DictReader(f))
         step_s = [args.train_batch / float(x["samples_per_s"]) for x in rows]
@@ -169,6 +171,9 @@ def training_table(result: dict) -> str:
         return "n/a (CPU)" if x is None else f"{x:.2f} GiB"
 
     for r in result.get("train", []):
+        if r.get("error"):
+            L.append(f"| {r['stage']} | failed: {r['error'].strip().splitlines()[-1][:200]} | | | | | | | |")
+            continue
         est = (f"{r['estimated_peak_gib']:.1f} GiB, {r['estimated_step_s']:.1f} s"
                if r.get("estimated_peak_gib") is not None else "n/a (not full size)")
         tf = f"{r['achieved_tflops']:.0f}" if r.get("achieved_tflops") is not None else ""
