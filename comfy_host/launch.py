@@ -37,12 +37,26 @@ def make_torchvision_importable() -> None:
     spec.loader.exec_module(module)
 
 
+def needs_torchvision_fix() -> bool:
+    """Only a CPU build of torch (``+cpu``) beside the registry's CUDA torchvision needs the fix.
+    Decided from the installed version, without importing torch: on a CUDA machine ``main.py``
+    must import torch itself, after its ``cuda_malloc`` has chosen the CUDA allocator (torch
+    imported first fails CUDA start-up: "Allocator backend parsed at runtime != ... at load time")."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "+cpu" in version("torch")
+    except PackageNotFoundError:
+        return False
+
+
 def main() -> None:
     comfy = os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, ".venv", "comfyui")
     main_py = os.path.join(comfy, "main.py")
     if not os.path.isfile(main_py):
         sys.exit(f"ComfyUI not found at {comfy}: run `make setup` or set COMFYUI_PATH")
-    make_torchvision_importable()
+    if needs_torchvision_fix():
+        make_torchvision_importable()
     # main.py imports its siblings (server, nodes, comfy ...) from its own folder: neither this
     # file's folder (comfy_host/server.py) nor the repository root (nodes/) may shadow them.
     here = os.path.dirname(os.path.abspath(__file__))

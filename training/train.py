@@ -249,7 +249,7 @@ class Trainer:
         for L in sorted(groups):
             ss = groups[L]
             out.append({"hidden": torch.cat([s["hidden"] for s in ss]).to(self.device),
-                        "x0": torch.stack([s["x0"] for s in ss]),
+                        "x0": torch.stack([s["x0"] for s in ss]).to(self.device),  # ComfyUI's VAE returns them on the CPU
                         "noise": torch.stack([s["noise"] for s in ss]),
                         "sigma": torch.tensor([s["sigma"] for s in ss], device=self.device)})
         return out
