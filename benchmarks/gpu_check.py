@@ -348,7 +348,11 @@ def main(argv=None):
     if "train" in parts:
         print("training on the SD3.5-Medium layout ...", flush=True)
         try:
-            result["train"] = run_training(args, args.work)
+            def keep(stages):
+                result["train"] = list(stages)
+                write_report(result, out_dir, parts, t0)
+
+            result["train"] = run_training(args, args.work, done=keep)
         except Exception as e:
             print(f"training FAILED: {e}", flush=True)
             result["train_error"] = str(e)[-4000:]

@@ -101,8 +101,9 @@ def training_plan(args, stage: int) -> dict:
     return out
 
 
-def run_training(args, work: str, log=print) -> list[dict]:
-    """Stage 1, then stage 2 from its adapter, each through ``python -m training.train``."""
+def run_training(args, work: str, log=print, done=None) -> list[dict]:
+    """Stage 1, then stage 2 from its adapter, each through ``python -m training.train``;
+    ``done(stages)`` is called after each stage (the report is written as the run goes)."""
     import csv
     import subprocess
 
@@ -132,6 +133,8 @@ def run_training(args, work: str, log=print) -> list[dict]:
         if r.returncode != 0:  # kept in the report; stage 2 needs stage 1's adapter, so stop here
             log(f"  training stage {stage} FAILED:\n{r.stderr[-4000:]}")
             out.append({"stage": stage, "error": r.stderr[-4000:], "command": " ".join(cmd[1:])})
+            if done:
+                done(out)
             break
         with open(os.path.join(run, "log.csv")) as f:
             rows = list(csv.DictReader(f))
@@ -155,6 +158,8 @@ def run_training(args, work: str, log=print) -> list[dict]:
         log(f"  training stage {stage}: {res['step_s']:.2f} s/step (micro-batch {plan['micro_batch']}, "
             f"checkpointing {'on' if plan['checkpointing'] else 'off'}), peak allocated {peak_txt}")
         out.append(res)
+        if done:
+            done(out)
     return out
 
 
