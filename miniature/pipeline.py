@@ -31,6 +31,7 @@ Logs go to ``OUT/miniature.log`` and each trainer's ``log.csv``; scores to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -115,149 +116,168 @@ def trainer_cfg(out, manifest, lmm, dit, vae, sc: Scale, **kw):
     return TrainConfig(**base)
 
 
+class _Run:
+    """One pipeline run: its folder, scale and log, the phases in order, and what they
+    record (seconds per phase, the fixed-set loss before and after each trainer). Every
+    phase skips its work when its output already exists, so a run resumes where it
+    stopped."""
+
+    def __init__(self, out: str, scale: str):
+        self.out, self.scale, self.sc = out, scale, SCALES[scale]
+        self.fh = open(os.path.join(out, "miniature.log"), "a")
+        self.timings: dict = {}
+        self.losses: dict = {}  # phase → [fixed-set loss before, after]
+        self.vae = os.path.join(out, "vae.safetensors")
+        self.lmm = os.path.join(out, "Qwen2-VL-miniature")
+
+    def log(self, msg: str) -> None:
+        log(msg, self.fh)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t0 = time.time()
+        self.log(f"--- {name}")
+        yield
+        self.timings[name] = round(time.time() - t0, 1)
+        self.log(f"{name}: {self.timings[name]} s")
+
+    def data(self) -> tuple:
+        from miniature.shapes_world import write_dataset
+
+        base_m = os.path.join(self.out, "data_base", "manifest.jsonl")
+        s2_m = os.path.join(self.out, "data_s2", "manifest.jsonl")
+        if not os.path.exists(base_m):
+            write_dataset(os.path.dirname(base_m), self.sc.n_base, seed=1, size=IMAGE,
+                          mix=(("t2i", 0.7), ("reconstruct", 0.3)))
+        if not os.path.exists(s2_m):
+            write_dataset(os.path.dirname(s2_m), self.sc.n_s2, seed=2, size=IMAGE,
+                          mix=(("edit", 0.4), ("fuse", 0.4), ("t2i", 0.1), ("reconstruct", 0.1)))
+        return base_m, s2_m
+
+    def train_vae(self) -> None:
+        from miniature.vae import train_vae
+
+        if not os.path.exists(self.vae) and self.sc.vae_steps == 0:  # the shipped one, frozen (see SCALES)
+            if not os.path.isfile(SHIPPED_VAE):
+                raise FileNotFoundError(f"the {self.scale} scale starts from the shipped VAE, and {SHIPPED_VAE} is "
+                                        "missing: restore it (git checkout miniature/) or run the full scale, which "
+                                        "trains one")
+            shutil.copyfile(SHIPPED_VAE, self.vae)
+            self.log(f"vae: the shipped one, frozen ({os.path.relpath(SHIPPED_VAE, ROOT)})")
+        if not os.path.exists(self.vae):
+            r = train_vae(self.vae, steps=self.sc.vae_steps, batch=16, size=IMAGE, seed=0, eval_n=32)
+            self.log(f"vae mse {r['history'][0][1]:.5f} -> {r['history'][-1][1]:.5f}")
+
+    def pretrain_lmm(self) -> None:
+        from miniature.lmm_pretrain import pretrain_lmm
+        from model_builders.qwen2vl import build_tiny_qwen2vl
+
+        if os.path.exists(os.path.join(self.lmm, "model.safetensors")):
+            return
+        random_lmm = os.path.join(self.out, "Qwen2-VL-miniature-random")
+        build_tiny_qwen2vl(random_lmm, lmm_size(), seed=0, words=VOCAB, embed_std=LMM_EMBED_STD)
+        r = pretrain_lmm(random_lmm, self.lmm, steps=self.sc.lmm_steps, seed=0, size=IMAGE,
+                         short_side=LMM_SHORT_SIDE, log=self.log)
+        self.losses["lmm"] = [r["before"]["total"], r["after"]["total"]]
+
+    def train(self, name: str, run_dir: str, marker: str, manifest: str, dit: str, **kw) -> None:
+        """One trainer run (skipped when its output exists); logs the fixed-set loss."""
+        from training.train import Trainer
+
+        if os.path.exists(os.path.join(run_dir, marker)):
+            return
+        tr = Trainer(trainer_cfg(run_dir, manifest, self.lmm, dit, self.vae, self.sc, blend="random", **kw)).setup()
+        before = tr.eval_loss()
+        tr.train()
+        self.losses[name] = [before, tr.eval_loss()]
+        self.log(f"{name}: fixed-set loss {before:.4f} -> {self.losses[name][1]:.4f}")
+
+    def export(self, pre: str, s2: str) -> dict:
+        """The final files: the pretrained DiT (bf16), the VAE (fp16), the stage-2 adapter
+        and LoRA, the LMM folder."""
+        import torch
+        from safetensors.torch import load_file
+
+        from dream_engine_core.weights import atomic_save, read_metadata
+
+        final = os.path.join(self.out, "final")
+        os.makedirs(final, exist_ok=True)
+        files = {
+            "dit": os.path.join(final, "dream_engine_miniature_dit.safetensors"),
+            "vae": os.path.join(final, "dream_engine_miniature_taesd.safetensors"),
+            "adapter": os.path.join(final, "dream_engine_miniature_adapter.safetensors"),
+            "lora": os.path.join(final, "dream_engine_miniature_lora.safetensors"),
+            "lmm": os.path.join(final, "Qwen2-VL-miniature"),
+        }
+        info = {"miniature": json.dumps({"scale": self.scale, **asdict(self.sc)})}
+        base_sd = load_file(os.path.join(pre, "dit.safetensors"))
+        # shipped as users run the release: the base DiT, and the stage-2 LoRA applied by
+        # LoraLoaderModelOnly in the workflows (never merged, so it is never applied twice)
+        atomic_save({k: v.to(torch.bfloat16) for k, v in base_sd.items()}, files["dit"],
+                    {**info, "content": "pretrained DiT (base of stage 2); the stage-2 LoRA ships separately in "
+                                        "loras/ and is applied by LoraLoaderModelOnly"})
+        atomic_save({k: v.to(torch.float16) if v.ndim else v for k, v in load_file(self.vae).items()}, files["vae"],
+                    {**read_metadata(self.vae), **info})
+        shutil.copyfile(os.path.join(s2, "adapter.safetensors"), files["adapter"])
+        shutil.copyfile(os.path.join(s2, "lora.safetensors"), files["lora"])
+        if os.path.exists(files["lmm"]):
+            shutil.rmtree(files["lmm"])
+        shutil.copytree(self.lmm, files["lmm"])
+        return files
+
+
 def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = False) -> dict:
     from comfy_host.importer import import_comfy
 
     import_comfy()
     import torch
 
-    from model_builders.qwen2vl import build_tiny_qwen2vl
-    from dream_engine_core.weights import atomic_save, read_metadata
-    from safetensors.torch import load_file
-
-    from miniature.shapes_world import write_dataset
     from model_builders.comfy_formats import build_tiny_sd35
-    from training.train import Trainer
-    from miniature.vae import train_vae
 
-    sc = SCALES[scale]
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
-    fh = open(os.path.join(out, "miniature.log"), "a")
+    r = _Run(out, scale)
+    sc = r.sc
     t_all = time.time()
-    log(f"scale {scale}: {json.dumps(asdict(sc))}", fh)
+    r.log(f"scale {scale}: {json.dumps(asdict(sc))}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    timings = {}
-    losses = {}  # phase → [fixed-set loss before, after]
-
-    def phase(name):
-        timings[name] = time.time()
-        log(f"--- {name}", fh)
-
-    def done(name):
-        timings[name] = round(time.time() - timings[name], 1)
-        log(f"{name}: {timings[name]} s", fh)
-
-    phase("data")
-    base_m = os.path.join(out, "data_base", "manifest.jsonl")
-    s2_m = os.path.join(out, "data_s2", "manifest.jsonl")
-    if not os.path.exists(base_m):
-        write_dataset(os.path.dirname(base_m), sc.n_base, seed=1, size=IMAGE, mix=(("t2i", 0.7), ("reconstruct", 0.3)))
-    if not os.path.exists(s2_m):
-        write_dataset(os.path.dirname(s2_m), sc.n_s2, seed=2, size=IMAGE,
-                      mix=(("edit", 0.4), ("fuse", 0.4), ("t2i", 0.1), ("reconstruct", 0.1)))
-    done("data")
-
-    phase("vae")
-    vae = os.path.join(out, "vae.safetensors")
-    if not os.path.exists(vae) and sc.vae_steps == 0:  # the shipped one, frozen (see SCALES)
-        if not os.path.isfile(SHIPPED_VAE):
-            raise FileNotFoundError(f"the {scale} scale starts from the shipped VAE, and {SHIPPED_VAE} is missing: "
-                                    "restore it (git checkout miniature/) or run the full scale, which trains one")
-        shutil.copyfile(SHIPPED_VAE, vae)
-        log(f"vae: the shipped one, frozen ({os.path.relpath(SHIPPED_VAE, ROOT)})", fh)
-    if not os.path.exists(vae):
-        r = train_vae(vae, steps=sc.vae_steps, batch=16, size=IMAGE, seed=0, eval_n=32)
-        log(f"vae mse {r['history'][0][1]:.5f} -> {r['history'][-1][1]:.5f}", fh)
-    done("vae")
-
-    phase("lmm")
-    lmm = os.path.join(out, "Qwen2-VL-miniature")
-    if not os.path.exists(os.path.join(lmm, "model.safetensors")):
-        from miniature.lmm_pretrain import pretrain_lmm
-
-        random_lmm = os.path.join(out, "Qwen2-VL-miniature-random")
-        build_tiny_qwen2vl(random_lmm, lmm_size(), seed=0, words=VOCAB, embed_std=LMM_EMBED_STD)
-        r = pretrain_lmm(random_lmm, lmm, steps=sc.lmm_steps, seed=0, size=IMAGE, short_side=LMM_SHORT_SIDE,
-                         log=lambda m: log(m, fh))
-        losses["lmm"] = [r["before"]["total"], r["after"]["total"]]
-    done("lmm")
-
-    def train_phase(name, run_dir, marker, manifest, dit, **kw):
-        """One trainer run (skipped when its output exists); logs the fixed-set loss."""
-        if os.path.exists(os.path.join(run_dir, marker)):
-            return
-        tr = Trainer(trainer_cfg(run_dir, manifest, lmm, dit, vae, sc, blend="random", **kw)).setup()
-        before = tr.eval_loss()
-        tr.train()
-        losses[name] = [before, tr.eval_loss()]
-        log(f"{name}: fixed-set loss {before:.4f} -> {losses[name][1]:.4f}", fh)
-
-    phase("pretrain")
-    dit0 = os.path.join(out, "dit_init.safetensors")
-    if not os.path.exists(dit0):
-        build_tiny_sd35(dit0, depth=sc.depth, seed=0, pos_embed_max_size=16)
-    pre = os.path.join(out, "pretrain")
-    train_phase("pretrain", pre, "dit.safetensors", base_m, dit0, stage=2,
-                train_dit="full", steps=sc.pre_steps, lr=5e-4)
-    done("pretrain")
-
-    phase("stage1")
-    s1 = os.path.join(out, "stage1")
-    train_phase("stage1", s1, "adapter.safetensors", base_m, os.path.join(pre, "dit.safetensors"), stage=1,
-                steps=sc.s1_steps, lr=1e-3, seed=1)
-    done("stage1")
-
-    phase("stage2")
-    s2 = os.path.join(out, "stage2")
-    train_phase("stage2", s2, "lora.safetensors", s2_m, os.path.join(pre, "dit.safetensors"), stage=2,
-                train_dit="lora", lora_rank=16, steps=sc.s2_steps, lr=5e-4,
-                adapter_init=os.path.join(s1, "adapter.safetensors"), seed=2)
-    done("stage2")
-
-    phase("export")
-    final = os.path.join(out, "final")
-    os.makedirs(final, exist_ok=True)
-    base_sd = load_file(os.path.join(pre, "dit.safetensors"))
-    files = {
-        "dit": os.path.join(final, "dream_engine_miniature_dit.safetensors"),
-        "vae": os.path.join(final, "dream_engine_miniature_taesd.safetensors"),
-        "adapter": os.path.join(final, "dream_engine_miniature_adapter.safetensors"),
-        "lora": os.path.join(final, "dream_engine_miniature_lora.safetensors"),
-        "lmm": os.path.join(final, "Qwen2-VL-miniature"),
-    }
-    info = {"miniature": json.dumps({"scale": scale, **asdict(sc)})}
-    # shipped as users run the release: the base DiT, and the stage-2 LoRA applied by
-    # LoraLoaderModelOnly in the workflows (never merged, so it is never applied twice)
-    atomic_save({k: v.to(torch.bfloat16) for k, v in base_sd.items()}, files["dit"],
-                {**info, "content": "pretrained DiT (base of stage 2); the stage-2 LoRA ships separately in "
-                                    "loras/ and is applied by LoraLoaderModelOnly"})
-    atomic_save({k: v.to(torch.float16) if v.ndim else v for k, v in load_file(vae).items()}, files["vae"],
-                {**read_metadata(vae), **info})
-    shutil.copyfile(os.path.join(s2, "adapter.safetensors"), files["adapter"])
-    shutil.copyfile(os.path.join(s2, "lora.safetensors"), files["lora"])
-    if os.path.exists(files["lmm"]):
-        shutil.rmtree(files["lmm"])
-    shutil.copytree(lmm, files["lmm"])
-    done("export")
-
+    with r.phase("data"):
+        base_m, s2_m = r.data()
+    with r.phase("vae"):
+        r.train_vae()
+    with r.phase("lmm"):
+        r.pretrain_lmm()
+    pre, s1, s2 = (os.path.join(out, d) for d in ("pretrain", "stage1", "stage2"))
+    with r.phase("pretrain"):
+        dit0 = os.path.join(out, "dit_init.safetensors")
+        if not os.path.exists(dit0):
+            build_tiny_sd35(dit0, depth=sc.depth, seed=0, pos_embed_max_size=16)
+        r.train("pretrain", pre, "dit.safetensors", base_m, dit0, stage=2, train_dit="full", steps=sc.pre_steps,
+                lr=5e-4)
+    pre_dit = os.path.join(pre, "dit.safetensors")
+    with r.phase("stage1"):
+        r.train("stage1", s1, "adapter.safetensors", base_m, pre_dit, stage=1, steps=sc.s1_steps, lr=1e-3, seed=1)
+    with r.phase("stage2"):
+        r.train("stage2", s2, "lora.safetensors", s2_m, pre_dit, stage=2, train_dit="lora", lora_rank=16,
+                steps=sc.s2_steps, lr=5e-4, adapter_init=os.path.join(s1, "adapter.safetensors"), seed=2)
+    with r.phase("export"):
+        files = r.export(pre, s2)
     scores = {}
     if not skip_eval:
-        phase("eval")
         from miniature.evaluate import evaluate
 
-        scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
-                          short_side=LMM_SHORT_SIDE, log=lambda m: log(m, fh))
-        done("eval")
-    result = {"scale": scale, "timings_s": timings, "losses": losses, "total_s": round(time.time() - t_all, 1), "scores": scores,
-              "files": {k: os.path.relpath(v, out) for k, v in files.items()}}
+        with r.phase("eval"):
+            scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
+                              short_side=LMM_SHORT_SIDE, log=r.log)
+    result = {"scale": scale, "timings_s": r.timings, "losses": r.losses, "total_s": round(time.time() - t_all, 1),
+              "scores": scores, "files": {k: os.path.relpath(v, out) for k, v in files.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(result, f, indent=2)
-    log(f"total {result['total_s']} s; scores {json.dumps(scores.get('summary', {}))}", fh)
+    r.log(f"total {result['total_s']} s; scores {json.dumps(scores.get('summary', {}))}")
     if ship:
         ship_files(files, result)
-        log(f"shipped into {SHIP_DIR}", fh)
-    fh.close()
+        r.log(f"shipped into {SHIP_DIR}")
+    r.fh.close()
     return result
 
 
