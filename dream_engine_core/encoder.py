@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import cpu_linear
 from .compat import (image_size_kwargs, install_hint, load_processor, load_qwen2vl, require_transformers, rope_index,
                      vision_merged)
 from .errors import DependencyError, ImageInputError, OptionError
@@ -211,6 +212,8 @@ class LMMEncoder:
     def __init__(self, model, processor, folder: str = ""):
         self._text_cache: OrderedDict = OrderedDict()
         self.model = model
+        #: linear layers routed through oneDNN for prompt-sized CPU inputs (dream_engine_core/cpu_linear.py)
+        self.cpu_linear_layers = cpu_linear.install(model)
         processor.image_processor = pil_image_processor(processor.image_processor)
         self.processor = processor
         self.image_processor = processor.image_processor
