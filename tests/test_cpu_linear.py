@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import pack_module
 from dream_engine_core import cpu_linear
 from dream_engine_core.engine import DreamEngine, EncodeOptions
 from dream_engine_core.prompt import ImageRef
@@ -86,3 +87,14 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert not cpu_linear.available()
     assert cpu_linear.path_name() == "BLAS"
     assert cpu_linear.install(torch.nn.Sequential(torch.nn.Linear(4, 4))) == 0
+
+
+def test_load_says_which_path_the_cpu_takes(pack):
+    note = pack_module("nodes.engine").cpu_path_note
+    text, slow = note(torch.float32)
+    assert not slow and f"oneDNN up to {cpu_linear.MAX_ROWS} rows" in text
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    text, slow = note(torch.bfloat16)
+    assert slow is (not native)
+    assert ("no native bf16" in text) is (not native) and ("'fp32'" in text) is (not native)
+    assert note(torch.float16)[1] is True
