@@ -66,7 +66,7 @@ def cpu_path_note(dt: torch.dtype) -> tuple[str, bool]:
         return "LMM on the CPU in bf16 (this CPU computes bf16 natively)", False
     return (f"LMM on the CPU in {str(dt).replace('torch.', '')}: this CPU has no native "
             f"{'bf16' if dt == torch.bfloat16 else 'fp16'} arithmetic, so each layer converts its weights "
-            f"and runs slower than fp32 (measured 2.2x per layer, docs/performance.md); choose dtype "
+            f"and runs slower than fp32 (3x on a 20-word prompt, docs/performance.md); choose dtype "
             f"'default' or 'fp32' for speed"), True
 
 

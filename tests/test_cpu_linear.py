@@ -98,3 +98,14 @@ def test_load_says_which_path_the_cpu_takes(pack):
     assert slow is (not native)
     assert ("no native bf16" in text) is (not native) and ("'fp32'" in text) is (not native)
     assert note(torch.float16)[1] is True
+
+
+def test_the_ab_benchmark_puts_the_layers_back(fresh_engine):
+    from benchmarks.cpu_linear_ab import ab
+
+    eng = fresh_engine
+    n = eng.encoder.cpu_linear_layers
+    r = ab(eng, "a red circle left of a blue square", [], repeats=1)
+    assert sum(type(m) is cpu_linear.OneDNNLinear for m in eng.encoder.model.modules()) == n
+    assert len(r["seconds"]["onednn"]) == len(r["seconds"]["linear"]) == 1
+    assert r["max_abs_diff"] <= 1e-5 * max(r["max_abs"], 1.0)
