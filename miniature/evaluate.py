@@ -166,9 +166,11 @@ def chance(n: int = 24, draws: int = 20, size: int = 64, seed: int = EVAL_SEED) 
 
 
 def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side: int = 112, size: int = 64,
-             cfg: float = 3.5, log=print, seed: int = EVAL_SEED) -> dict:
+             cfg: float = 3.5, log=print, seed: int = EVAL_SEED, sampler: str | None = None,
+             scheduler: str | None = None) -> dict:
     """Render and score; returns per-category accuracy, the summary, the counts, and
-    ``chance``: the same categories for a prompt-blind generator (:func:`chance`)."""
+    ``chance``: the same categories for a prompt-blind generator (:func:`chance`).
+    ``sampler``/``scheduler``: the KSampler's (None: the workflows' own)."""
     workdir = os.path.abspath(workdir)
     models = os.path.join(workdir, "models")
     for k, sub in MODEL_LAYOUT.items():
@@ -181,7 +183,8 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     names = {k: os.path.basename(v) for k, v in files.items()}
     tally = _Tally()
     prof = {"unet_name": names["dit"], "lora": names["lora"], "vae_name": names["vae"], "lmm": names["lmm"], "adapter": names["adapter"],
-            "size": size, "image_short_side": short_side, "steps": steps, "cfg": cfg}
+            "size": size, "image_short_side": short_side, "steps": steps, "cfg": cfg, "sampler": sampler,
+            "scheduler": scheduler}
     server = host.ComfyServer(workdir).start()
     t0 = time.time()
     items = cases(n, seed)
@@ -206,8 +209,48 @@ def evaluate(files: dict, workdir: str, n: int = 24, steps: int = 20, short_side
     finally:
         server.stop()
     s = tally.scores()
-    s["summary"].update(images=len(items), seconds=round(time.time() - t0, 1), sampler_steps=steps, cfg=cfg)
+    s["summary"].update(images=len(items), seconds=round(time.time() - t0, 1), sampler_steps=steps, cfg=cfg,
+                        sampler=sampler, scheduler=scheduler)
     s["chance"] = chance(n, size=size, seed=seed)
     log(f"ShapesEval: {json.dumps(s['summary'])}; chance overall {s['chance']['overall']:.3f}")
     shutil.rmtree(inp_dir, ignore_errors=True)
     return s
+
+
+def shipped_files(ship_dir: str) -> tuple[dict, dict]:
+    """The shipped miniature's files (``ship_dir/models``), named by its ``profile.json``, and the profile."""
+    with open(os.path.join(ship_dir, "profile.json")) as f:
+        prof = json.load(f)
+    key = {"dit": "unet_name", "vae": "vae_name", "adapter": "adapter", "lora": "lora", "lmm": "lmm"}
+    return {k: os.path.join(ship_dir, "models", sub, prof[key[k]]) for k, sub in MODEL_LAYOUT.items()}, prof
+
+
+def main(argv=None) -> int:
+    """``python -m miniature.evaluate [--write]``: ShapesEval of the shipped miniature as ComfyUI runs
+    it (its ``profile.json``: size, steps, CFG, sampler, scheduler); ``--write`` puts the scores
+    into ``miniature/scores.json`` (the training run's timings and losses stay)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--n", type=int, default=24, help="prompts per category")
+    ap.add_argument("--workdir", default=os.path.join(ROOT, "build", "shapes_eval"))
+    ap.add_argument("--write", action="store_true", help="update miniature/scores.json")
+    a = ap.parse_args(argv)
+    ship = os.path.join(ROOT, "miniature")
+    files, prof = shipped_files(ship)
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    s = evaluate(files, a.workdir, n=a.n, steps=prof["steps"], short_side=prof["image_short_side"],
+                 size=prof["size"], cfg=prof["cfg"], sampler=prof.get("sampler"), scheduler=prof.get("scheduler"))
+    if a.write:
+        path = os.path.join(ship, "scores.json")
+        with open(path) as f:
+            shipped = json.load(f)
+        shipped["scores"] = s
+        with open(path, "w") as f:
+            json.dump(shipped, f, indent=2)
+        print(f"written {path}; regenerate the docs' table with python -m scripts.docs_tables")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
