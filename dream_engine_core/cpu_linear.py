@@ -41,6 +41,20 @@ def path_name() -> str:
     return f"oneDNN up to {MAX_ROWS} rows, BLAS above" if available() else "BLAS"
 
 
+def cpu_path_note(dt: torch.dtype) -> tuple[str, bool]:
+    """Which path the LMM takes on this CPU, said at load (never a silent slow path), and
+    whether it is the slow one."""
+    if dt == torch.float32:
+        return f"LMM on the CPU in fp32; linear layers: {path_name()}", False
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    if dt == torch.bfloat16 and native:
+        return "LMM on the CPU in bf16 (this CPU computes bf16 natively)", False
+    return (f"LMM on the CPU in {str(dt).replace('torch.', '')}: this CPU has no native "
+            f"{'bf16' if dt == torch.bfloat16 else 'fp16'} arithmetic, so each layer converts its weights "
+            f"and runs slower than fp32 (3x on a 20-word prompt, docs/performance.md); choose dtype "
+            f"'default' or 'fp32' for speed"), True
+
+
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` whose CPU fp32 inference on few rows runs through oneDNN."""
 

@@ -10,7 +10,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..dream_engine_core import cpu_linear
+from ..dream_engine_core.cpu_linear import cpu_path_note
 from ..dream_engine_core.encoder import LMMEncoder, check_lmm_folder
 from ..dream_engine_core.encoder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE
 from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS, describe
@@ -54,20 +54,6 @@ def _dtype(name: str, load_device) -> torch.dtype:
     if mm.should_use_fp16(load_device, prioritize_performance=False):
         return torch.float16
     return torch.float32
-
-
-def cpu_path_note(dt: torch.dtype) -> tuple[str, bool]:
-    """Which path the LMM takes on this CPU, said at load (never a silent slow path), and
-    whether it is the slow one."""
-    if dt == torch.float32:
-        return f"LMM on the CPU in fp32; linear layers: {cpu_linear.path_name()}", False
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-    if dt == torch.bfloat16 and native:
-        return "LMM on the CPU in bf16 (this CPU computes bf16 natively)", False
-    return (f"LMM on the CPU in {str(dt).replace('torch.', '')}: this CPU has no native "
-            f"{'bf16' if dt == torch.bfloat16 else 'fp16'} arithmetic, so each layer converts its weights "
-            f"and runs slower than fp32 (3x on a 20-word prompt, docs/performance.md); choose dtype "
-            f"'default' or 'fp32' for speed"), True
 
 
 def make_patcher(module: torch.nn.Module, load_device, offload_device):
