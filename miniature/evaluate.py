@@ -37,7 +37,7 @@ from PIL import Image
 
 import comfy_host as host
 
-from .shapes_eval import check_caption, check_edit, detect, same_scene, score
+from .shapes_eval import check_caption, check_edit, detect, exact_caption, same_scene, score
 from .shapes_world import COLOURS, NUMBERS, SHAPES, edit_pair, fuse_pair, random_scene, relation, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +81,10 @@ def _two(rng):
     return a, b
 
 
-def judge_t2i(dets, check) -> bool:
+def judge_t2i(dets, check, exact: bool = False) -> bool:
+    """GenEval's presence rule, or with ``exact`` the artist's rule (``shapes_eval.exact_caption``)."""
+    if exact:
+        return exact_caption(dets, check)
     if check["kind"] == "shape":
         return any(d.shape == check["shape"] for d in dets)
     if check["kind"] == "shapes":
@@ -95,7 +98,8 @@ class Case:
     category: str
     workflow: str
     text: str
-    judge: Callable[[list], bool]          # detections → pass
+    judge: Callable[[list], bool]          # detections → pass (GenEval's presence rule)
+    exact: Callable[[list], bool]          # detections → pass (the artist's rule)
     images: tuple = ()                     # input scenes (rendered at eval size)
     seg_names: tuple = ()
     ratios: tuple = ()
@@ -108,33 +112,38 @@ def cases(n: int, seed: int = EVAL_SEED) -> list[Case]:
     out = []
     for cat, text, check in t2i_cases(rng, n):
         out.append(Case(cat, "1_text_to_image.json", text, partial(judge_t2i, check=check),
-                        colour=check["objects"][0][0] if cat == "colours" else None))
+                        partial(judge_t2i, check=check, exact=True), colour=check["objects"][0][0] if cat == "colours" else None))
     for r in RECON_R:
         sub = random.Random(seed + int(r * 100))
         for _ in range(n):
             sc = random_scene(sub)
-            out.append(Case(f"reconstruct_r{r:g}", "4_reconstruct_variation.json", "",
-                            partial(same_scene, scene=sc), (sc,), ratios=(r,)))
+            same = partial(same_scene, scene=sc)  # exact already: the artist's rule too
+            out.append(Case(f"reconstruct_r{r:g}", "4_reconstruct_variation.json", "", same, same, (sc,),
+                            ratios=(r,)))
     for _ in range(n):
         src, instr, _, check = edit_pair(rng)
-        out.append(Case("edit", "2_edit.json", instr, partial(check_edit, src=src, check=check), (src,)))
+        same = partial(check_edit, src=src, check=check)  # exact already
+        out.append(Case("edit", "2_edit.json", instr, same, same, (src,)))
     for _ in range(n):
         srcs, cap, _, check = fuse_pair(rng)
         a, b = srcs[0].objects[0].shape, srcs[1].objects[0].shape
-        out.append(Case("fusion", "3_object_fusion.json", cap, partial(check_caption, check=check), tuple(srcs),
+        out.append(Case("fusion", "3_object_fusion.json", cap, partial(check_caption, check=check),
+                        partial(exact_caption, check=check), tuple(srcs),
                         tuple([a, b] if a != b else ["first", "second"]), (0.0, 0.0)))
     return out
 
 
 class _Tally:
-    """Pass/fail per category, and whether each "colours" image shows the stated colour."""
+    """Pass/fail per category by both rules, and whether each "colours" image shows the stated colour."""
 
     def __init__(self):
         self.results: dict[str, list[bool]] = {}
+        self.exact: dict[str, list[bool]] = {}
         self.colour_hits: list[bool] = []
 
     def add(self, case: Case, dets) -> None:
         self.results.setdefault(case.category, []).append(case.judge(dets))
+        self.exact.setdefault(case.category, []).append(case.exact(dets))
         if case.colour:  # the stated colour is there at all
             self.colour_hits.append(any(d.colour == case.colour for d in dets))
 
@@ -147,6 +156,10 @@ class _Tally:
             "reconstruct_by_r": {f"{r:g}": s[f"reconstruct_r{r:g}"] for r in RECON_R},
             "edit": s["edit"], "fusion": s["fusion"], "overall": s["overall"],
         }
+        a = score(self.exact)
+        a["t2i_overall"] = sum(a[c] for c in T2I) / len(T2I)
+        s["artist"] = a  # the same categories by the artist's rule
+        s["summary"]["artist_overall"] = a["overall"]
         return s
 
 
@@ -232,7 +245,7 @@ def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--n", type=int, default=24, help="prompts per category")
+    ap.add_argument("--n", type=int, default=48, help="prompts per category")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "build", "shapes_eval"))
     ap.add_argument("--write", action="store_true", help="update miniature/scores.json")
     a = ap.parse_args(argv)

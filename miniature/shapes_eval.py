@@ -20,6 +20,11 @@ Checks (one per generated image, each scored 0 or 1):
   ``remove`` — that shape is gone and every other object is still there;
 * reconstruction — the detected object set equals the source's (colour, shape and
   position within tolerance).
+
+:func:`exact_caption` is the *artist's rule* for the caption checks: every named object
+drawn exactly as often as asked and nothing else of a named kind (shape), so "a red
+circle" drawn twice, or beside a blue circle, fails, and so does a blank image. The
+reconstruction and edit checks are exact already.
 """
 from __future__ import annotations
 
@@ -111,6 +116,26 @@ def check_caption(dets: list[Detected], check: dict) -> bool:
         a, b = _find(dets, *objs[0]), _find(dets, *objs[1])
         return bool(a and b) and any(_rel_ok(x, y, check["relation"]) for x in a for y in b)
     raise ValueError(f"unknown check kind {kind!r}")
+
+
+def exact_caption(dets: list[Detected], check: dict) -> bool:
+    """The artist's rule (module docstring) for a caption check. Kinds beyond
+    :func:`check_caption`'s: ``shape`` (one ``shape``, any colour) and ``shapes`` (each of
+    ``shapes`` once, any colours)."""
+    from collections import Counter
+
+    kind = check["kind"]
+    if kind in ("shape", "shapes"):
+        want = Counter(check["shapes"] if kind == "shapes" else [check["shape"]])
+        return Counter(d.shape for d in dets if d.shape in want) == want
+    if kind == "count":
+        return check_caption(dets, check)
+    want = Counter(tuple(o) for o in check["objects"])
+    named = {s for _, s in want}
+    drawn = Counter((d.colour, d.shape) for d in dets if d.shape in named)
+    if drawn != want:
+        return False
+    return kind != "position" or check_caption(dets, check)
 
 
 def _near(a, b) -> bool:

@@ -47,6 +47,34 @@ def test_evaluator_rejects_wrong_images():
     assert blank == []
 
 
+def test_artists_rule_counts_every_named_object():
+    """The artist's rule (exact_caption): each named object exactly as often as asked,
+    nothing else of a named shape; GenEval's presence rule (check_caption) passes more."""
+    from miniature.shapes_eval import exact_caption
+
+    def dets(*objs):
+        cells = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)]
+        return detect(render(Scene(tuple(Obj(sh, c, "large", *cells[i]) for i, (c, sh) in enumerate(objs)))))
+
+    red_circle = {"kind": "single", "objects": [["red", "circle"]]}
+    one, two = dets(("red", "circle")), dets(("red", "circle"), ("red", "circle"))
+    assert exact_caption(one, red_circle) and check_caption(two, red_circle) and not exact_caption(two, red_circle)
+    assert not exact_caption(dets(("red", "circle"), ("blue", "circle")), red_circle)  # another circle
+    assert exact_caption(dets(("red", "circle"), ("blue", "square")), red_circle)      # squares were not named
+    assert not exact_caption([], red_circle) and not exact_caption([], {"kind": "shape", "shape": "circle"})
+    assert not exact_caption(two, {"kind": "shape", "shape": "circle"})
+    pair = {"kind": "two", "objects": [["red", "circle"], ["blue", "square"]]}
+    assert exact_caption(dets(("red", "circle"), ("blue", "square")), pair)
+    assert not exact_caption(dets(("red", "circle"), ("blue", "square"), ("blue", "square")), pair)
+    assert exact_caption(dets(("green", "triangle"), ("red", "square")), {"kind": "shapes", "shapes": ["triangle", "square"]})
+    # position: cells 0 and 1 are left and right in the top row
+    left = {"kind": "position", "objects": [["red", "circle"], ["blue", "square"]], "relation": "left of"}
+    assert exact_caption(dets(("red", "circle"), ("blue", "square")), left)
+    assert not exact_caption(dets(("blue", "square"), ("red", "circle")), left)
+    assert not exact_caption(dets(("red", "circle"), ("blue", "square"), ("red", "circle")), left)
+    assert check_caption(dets(("red", "circle"), ("blue", "square"), ("red", "circle")), left)
+
+
 def test_scenes_do_not_overlap():
     rng = random.Random(0)
     for _ in range(200):
