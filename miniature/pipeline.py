@@ -56,13 +56,18 @@ class Scale:
     n_base: int = 12000         # records for pretraining and stage 1 (t2i + reconstruct)
     n_s2: int = 6000            # records for stage 2 (edit + fuse + replay)
     vae_steps: int = 1500       # 0: the shipped VAE, frozen (see SCALES)
+    vae_decoder_steps: int = 200  # then the decoder alone on whole images (miniature/vae.py)
+    # EMA decay of each trainer's weights (exported instead of the last step's): horizons of
+    # about 1000, 200 and 500 steps, an eighth to a sixth of each run; 0 = off (an EMA
+    # started at the initial weights still holds 0.999^1500 = 22 % of them after 1500 steps)
+    ema: tuple = (("pretrain", 0.999), ("stage1", 0.995), ("stage2", 0.998))
     lmm_steps: int = 1500       # LMM pretraining (grounded captioning) before it is frozen
     pre_steps: int = 8000
     s1_steps: int = 1200
     s2_steps: int = 3000
     batch: int = 32
     depth: int = 3              # DiT blocks (hidden 64·depth)
-    eval_n: int = 24            # prompts per ShapesEval category
+    eval_n: int = 48            # prompts per ShapesEval category
     eval_steps: int = 20        # sampler steps
 
 
@@ -74,7 +79,7 @@ class Scale:
 SCALES = {
     "full": Scale(),
     "ci": Scale(n_base=600, n_s2=300, vae_steps=0, lmm_steps=150, pre_steps=1500, s1_steps=300, s2_steps=60, batch=16,
-                depth=2, eval_n=12, eval_steps=12),
+                depth=2, eval_n=24, eval_steps=12, ema=()),
 }
 
 IMAGE = 64
@@ -168,7 +173,8 @@ class _Run:
             shutil.copyfile(SHIPPED_VAE, self.vae)
             self.log(f"vae: the shipped one, frozen ({os.path.relpath(SHIPPED_VAE, ROOT)})")
         if not os.path.exists(self.vae):
-            r = train_vae(self.vae, steps=self.sc.vae_steps, batch=16, size=IMAGE, seed=0, eval_n=32)
+            r = train_vae(self.vae, steps=self.sc.vae_steps, batch=16, size=IMAGE, seed=0, eval_n=32,
+                          decoder_steps=self.sc.vae_decoder_steps)
             self.log(f"vae mse {r['history'][0][1]:.5f} -> {r['history'][-1][1]:.5f}")
 
     def pretrain_lmm(self) -> None:
@@ -256,13 +262,15 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
         if not os.path.exists(dit0):
             build_tiny_sd35(dit0, depth=sc.depth, seed=0, pos_embed_max_size=16)
         r.train("pretrain", pre, "dit.safetensors", base_m, dit0, stage=2, train_dit="full", steps=sc.pre_steps,
-                lr=5e-4)
+                lr=5e-4, ema=dict(sc.ema).get("pretrain", 0.0))
     pre_dit = os.path.join(pre, "dit.safetensors")
     with r.phase("stage1"):
-        r.train("stage1", s1, "adapter.safetensors", base_m, pre_dit, stage=1, steps=sc.s1_steps, lr=1e-3, seed=1)
+        r.train("stage1", s1, "adapter.safetensors", base_m, pre_dit, stage=1, steps=sc.s1_steps, lr=1e-3, seed=1,
+                ema=dict(sc.ema).get("stage1", 0.0))
     with r.phase("stage2"):
         r.train("stage2", s2, "lora.safetensors", s2_m, pre_dit, stage=2, train_dit="lora", lora_rank=16,
-                steps=sc.s2_steps, lr=5e-4, adapter_init=os.path.join(s1, "adapter.safetensors"), seed=2)
+                steps=sc.s2_steps, lr=5e-4, adapter_init=os.path.join(s1, "adapter.safetensors"), seed=2,
+                ema=dict(sc.ema).get("stage2", 0.0))
     with r.phase("export"):
         files = r.export(pre, s2)
     scores = {}

@@ -82,10 +82,10 @@ def test_table_generator_reads_the_data(tmp_path):
     scores = tmp_path / "scores.json"
     shutil.copy(docs_tables.SCORES, scores)
     data = json.loads(scores.read_text())
-    data["scores"]["edit"] = 0.125
+    data["scores"]["artist"]["edit"], data["scores"]["edit"] = 0.125, 0.375  # artist's rule, presence rule
     scores.write_text(json.dumps(data))
     _, changed = docs_tables.miniature_table(str(scores))
-    assert "| edit | 0.12 |" in changed and "| edit | 0.12 |" not in table
+    assert "| edit | 0.12 | 0.38 |" in changed and "| edit | 0.12 | 0.38 |" not in table
     doc = _read(os.path.join(ROOT, "docs", "miniature.md"))
     assert docs_tables.updated(doc, "miniature scores", src, changed) != doc
 
