@@ -3,6 +3,7 @@
     python -m miniature.pipeline                      # the full run (~1 hour on 2 cores)
     python -m miniature.pipeline --scale ci           # the shortened run CI uses (minutes)
     python -m miniature.pipeline --ship               # also copy the files into miniature/ (the embedded default)
+    python -m miniature.pipeline --fraction 0.5       # a point on the score-against-steps curve (--depth: size)
 
 Every part is the project's own code path, at miniature scale:
 
@@ -82,6 +83,25 @@ SCALES = {
                 depth=2, eval_n=24, eval_steps=12, ema=()),
 }
 
+
+
+def variant(scale: str, fraction: float = 1.0, depth: int | None = None) -> Scale:
+    """A point on the score-against-training curve: ``scale`` with every trainer's steps
+    (LMM, pretraining, stage 1, stage 2) times ``fraction``, each EMA horizon scaled with
+    them (decay ``1 - (1 - d) / fraction``), and the DiT ``depth`` blocks deep. The VAE is
+    the shipped one, frozen, so the points differ only in what the curve varies."""
+    from dataclasses import replace
+
+    if not 0 < fraction <= 4:
+        raise ValueError(f"--fraction {fraction}: give a share of the scale's steps in (0, 4]")
+    if depth is not None and not 1 <= depth <= 8:
+        raise ValueError(f"--depth {depth}: give 1 to 8 DiT blocks")
+    sc = SCALES[scale]
+    steps = {k: max(1, round(getattr(sc, k) * fraction)) for k in ("lmm_steps", "pre_steps", "s1_steps", "s2_steps")}
+    ema = tuple((k, round(1 - (1 - d) / fraction, 6)) for k, d in sc.ema)
+    return replace(sc, vae_steps=0, ema=ema, depth=depth or sc.depth, **steps)
+
+
 IMAGE = 64
 DEMO_PROMPT = "a blue square left of a red circle"   # what `make demo` renders on the miniature
 LMM_EMBED_STD = 0.06            # random word embeddings 3× transformers' default: each word's state is dominated
@@ -130,8 +150,8 @@ class _Run:
     phase skips its work when its output already exists, so a run resumes where it
     stopped."""
 
-    def __init__(self, out: str, scale: str):
-        self.out, self.scale, self.sc = out, scale, SCALES[scale]
+    def __init__(self, out: str, scale: str, sc: Scale | None = None):
+        self.out, self.scale, self.sc = out, scale, sc or SCALES[scale]
         self.fh = open(os.path.join(out, "miniature.log"), "a")
         self.timings: dict = {}
         self.losses: dict = {}  # phase → [fixed-set loss before, after]
@@ -235,7 +255,11 @@ class _Run:
         return files
 
 
-def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = False) -> dict:
+def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = False, sc: Scale | None = None) -> dict:
+    """One pipeline run at ``scale`` (or at ``sc``, a :func:`variant` of it, which is
+    never shipped)."""
+    if ship and sc is not None:
+        raise ValueError("a curve point (--fraction / --depth) is not shipped: ship a run of a named scale")
     from comfy_host.importer import import_comfy
 
     import_comfy()
@@ -245,11 +269,11 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
 
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
-    r = _Run(out, scale)
+    r = _Run(out, scale, sc)
     sc = r.sc
     t_all = time.time()
     r.log(f"scale {scale}: {json.dumps(asdict(sc))}")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the cores this process may use
     with r.phase("data"):
         base_m, s2_m = r.data()
     with r.phase("vae"):
@@ -280,7 +304,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
         with r.phase("eval"):
             scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
                               short_side=LMM_SHORT_SIDE, log=r.log, sampler=SAMPLER, scheduler=SCHEDULER)
-    result = {"scale": scale, "timings_s": r.timings, "losses": r.losses, "total_s": round(time.time() - t_all, 1),
+    result = {"scale": scale, "settings": asdict(sc), "timings_s": r.timings, "losses": r.losses, "total_s": round(time.time() - t_all, 1),
               "scores": scores, "files": {k: os.path.relpath(v, out) for k, v in files.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -329,9 +353,23 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="full")
     ap.add_argument("--ship", action="store_true", help="copy the final files into miniature/")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--fraction", type=float, default=None,
+                    help="a point on the score-against-steps curve: every trainer's steps times this (the shipped "
+                         "VAE, frozen; never shipped)")
+    ap.add_argument("--depth", type=int, default=None, help="a point on the score-against-size curve: DiT blocks")
     a = ap.parse_args(argv)
-    out = a.out or os.path.join(ROOT, "build", "miniature" + ("" if a.scale == "full" else "-" + a.scale))
-    run(out, a.scale, a.ship, a.skip_eval)
+    sc = None
+    tag = "" if a.scale == "full" else "-" + a.scale
+    if a.fraction is not None or a.depth is not None:
+        try:
+            sc = variant(a.scale, 1.0 if a.fraction is None else a.fraction, a.depth)
+        except ValueError as e:
+            ap.error(str(e))
+        if a.ship:
+            ap.error("a curve point (--fraction / --depth) is not shipped: ship a run of a named scale")
+        tag += f"-f{1.0 if a.fraction is None else a.fraction:g}-d{sc.depth}"
+    out = a.out or os.path.join(ROOT, "build", "miniature" + tag)
+    run(out, a.scale, a.ship, a.skip_eval, sc)
     return 0
 
 
