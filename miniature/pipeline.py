@@ -304,7 +304,8 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
         with r.phase("eval"):
             scores = evaluate(files, os.path.join(out, "eval"), n=sc.eval_n, steps=sc.eval_steps,
                               short_side=LMM_SHORT_SIDE, log=r.log, sampler=SAMPLER, scheduler=SCHEDULER)
-    result = {"scale": scale, "settings": asdict(sc), "timings_s": r.timings, "losses": r.losses, "total_s": round(time.time() - t_all, 1),
+    result = {"scale": scale, "settings": asdict(sc), "cores": torch.get_num_threads(), "timings_s": r.timings,
+              "losses": r.losses, "total_s": round(time.time() - t_all, 1),
               "scores": scores, "files": {k: os.path.relpath(v, out) for k, v in files.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(result, f, indent=2)

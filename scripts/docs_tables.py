@@ -3,7 +3,8 @@
 * ``docs/performance.md``, the benchmark table — ``benchmarks/results/full-fig*.json``
   (``make bench``), rendered by the benchmark's own ``benchmarks.run.table_rows``;
 * ``docs/miniature.md``, the shipped miniature's run and ShapesEval scores —
-  ``miniature/scores.json`` (``python -m miniature.pipeline --ship``).
+  ``miniature/scores.json`` (``python -m miniature.pipeline --ship``) — and its score
+  against training — ``miniature/curve.json`` (``python -m miniature.curve``).
 
 Each table sits between two marker comments in its document; only that part is rewritten.
 
@@ -25,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BENCH_RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCORES = os.path.join(ROOT, "miniature", "scores.json")
+CURVE = os.path.join(ROOT, "miniature", "curve.json")
 
 # ShapesEval rows: (label, key in scores, the project's target)
 MINIATURE_ROWS = [("single object", "single"), ("colours", "colours"), ("two objects", "two"),
@@ -88,10 +90,33 @@ def miniature_table(path: str = SCORES) -> tuple[str, str]:
     return "miniature/scores.json", "\n".join(lines)
 
 
-TABLES = {  # document → (name of the block, generator)
-    os.path.join("docs", "performance.md"): ("benchmark table", benchmark_table),
-    os.path.join("docs", "miniature.md"): ("miniature scores", miniature_table),
-}
+def curve_table(path: str = CURVE) -> tuple[str, str]:
+    """(source, markdown) of the miniature's ShapesEval (artist's rule) against training."""
+    with open(path) as f:
+        points = json.load(f)["points"]
+    short = {"single": "single", "colours": "colours", "two": "two", "counting": "count", "position": "position",
+             "attribution": "attrib.", "reconstruct_r0": "rec. 0", "reconstruct_r0.5": "rec. 0.5",
+             "reconstruct_r1": "rec. 1", "edit": "edit", "fusion": "fusion"}
+    keys = [k for _, k in MINIATURE_ROWS]
+    lines = ["| run | DiT blocks | steps: LMM / pretraining / stage 1 / stage 2 | training | artist's rule overall | "
+             "presence overall | " + " | ".join(short[k] for k in keys) + " |",
+             "|" + "---|" * (6 + len(keys))]
+    for p in points:
+        st = p["steps"]
+        where = f" on {p['cores']} core{'s' if p['cores'] != 1 else ''}" if p.get("cores") else ""
+        vae = "; VAE trained in the run" if p["vae_trained"] else ""
+        lines.append(f"| {p['label']} ({p['fraction']:g}×) | {p['depth']} | {st['lmm_steps']} / {st['pre_steps']} / "
+                     f"{st['s1_steps']} / {st['s2_steps']} | {p['train_s'] / 60:.0f} min{where}{vae} | "
+                     f"**{p['artist']['overall']:.2f}** | {p['presence']['overall']:.2f} | "
+                     + " | ".join(f"{p['artist'][k]:.2f}" for k in keys) + " |")
+    return "miniature/curve.json", "\n".join(lines)
+
+
+TABLES = [  # (document, name of the block, generator)
+    (os.path.join("docs", "performance.md"), "benchmark table", benchmark_table),
+    (os.path.join("docs", "miniature.md"), "miniature scores", miniature_table),
+    (os.path.join("docs", "miniature.md"), "miniature curve", curve_table),
+]
 
 
 def markers(name: str, source: str) -> tuple[str, str]:
@@ -111,10 +136,10 @@ def updated(text: str, name: str, source: str, body: str) -> str:
 def stale(root: str = ROOT) -> list[str]:
     """The documents whose generated tables differ from their data."""
     out = []
-    for doc, (name, make) in TABLES.items():
+    for doc, name, make in TABLES:
         with open(os.path.join(root, doc), encoding="utf-8") as f:
             text = f.read()
-        if updated(text, name, *make()) != text:
+        if updated(text, name, *make()) != text and doc not in out:
             out.append(doc)
     return out
 
@@ -128,7 +153,7 @@ def main(argv=None) -> int:
         for doc in bad:
             print(f"{doc} is out of date: run python -m scripts.docs_tables", file=sys.stderr)
         return 1 if bad else 0
-    for doc, (name, make) in TABLES.items():
+    for doc, name, make in TABLES:
         path = os.path.join(ROOT, doc)
         with open(path, encoding="utf-8") as f:
             text = f.read()

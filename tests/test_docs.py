@@ -70,7 +70,7 @@ def test_relative_links_resolve(path):
 
 
 def test_generated_tables_match_their_data():
-    assert docs_tables.stale() == [], "run: .venv/bin/python scripts/docs_tables.py"
+    assert docs_tables.stale() == [], "run: .venv/bin/python -m scripts.docs_tables"
 
 
 def test_table_generator_reads_the_data(tmp_path):
