@@ -17,18 +17,17 @@ import os
 import sys
 from dataclasses import asdict
 
-from miniature.pipeline import SCALES, SHIP_DIR
+from miniature.pipeline import SCALES, SHIP_DIR, TRAINER_STEPS
 
 CURVE = os.path.join(SHIP_DIR, "curve.json")
-STEPS = ("lmm_steps", "pre_steps", "s1_steps", "s2_steps")
 
 
 def point(scores_json: str, label: str) -> dict:
     """One run's settings, training time and ShapesEval scores (both rules)."""
     with open(scores_json) as f:
         data = json.load(f)
-    settings = data.get("settings") or asdict(SCALES[data["scale"]])  # runs of a named scale record only its name
     full = SCALES[data["scale"]]
+    settings = data.get("settings") or asdict(full)  # runs from before settings were recorded: the named scale
     t = data["timings_s"]
     s = data["scores"]
     if not s:
@@ -36,7 +35,7 @@ def point(scores_json: str, label: str) -> dict:
     return {
         "label": label, "scale": data["scale"], "depth": settings["depth"],
         "fraction": round(settings["pre_steps"] / full.pre_steps, 4),
-        "steps": {k: settings[k] for k in STEPS}, "vae_trained": bool(settings["vae_steps"]),
+        "steps": {k: settings[k] for k in TRAINER_STEPS}, "vae_trained": bool(settings["vae_steps"]),
         "train_s": round(sum(t.get(k, 0) for k in ("lmm", "pretrain", "stage1", "stage2")), 1),
         "cores": data.get("cores"), "n": s["n"]["single"],
         "artist": {k: round(v, 4) for k, v in s["artist"].items() if k != "n"},

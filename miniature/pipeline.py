@@ -38,7 +38,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIP_DIR = os.path.join(ROOT, "miniature")
@@ -83,6 +83,8 @@ SCALES = {
                 depth=2, eval_n=24, eval_steps=12, ema=()),
 }
 
+TRAINER_STEPS = ("lmm_steps", "pre_steps", "s1_steps", "s2_steps")  # what a curve point's fraction scales
+NOT_SHIPPED = "a curve point (--fraction / --depth) is not shipped: ship a run of a named scale"
 
 
 def variant(scale: str, fraction: float = 1.0, depth: int | None = None) -> Scale:
@@ -90,14 +92,12 @@ def variant(scale: str, fraction: float = 1.0, depth: int | None = None) -> Scal
     (LMM, pretraining, stage 1, stage 2) times ``fraction``, each EMA horizon scaled with
     them (decay ``1 - (1 - d) / fraction``), and the DiT ``depth`` blocks deep. The VAE is
     the shipped one, frozen, so the points differ only in what the curve varies."""
-    from dataclasses import replace
-
     if not 0 < fraction <= 4:
         raise ValueError(f"--fraction {fraction}: give a share of the scale's steps in (0, 4]")
     if depth is not None and not 1 <= depth <= 8:
         raise ValueError(f"--depth {depth}: give 1 to 8 DiT blocks")
     sc = SCALES[scale]
-    steps = {k: max(1, round(getattr(sc, k) * fraction)) for k in ("lmm_steps", "pre_steps", "s1_steps", "s2_steps")}
+    steps = {k: max(1, round(getattr(sc, k) * fraction)) for k in TRAINER_STEPS}
     ema = tuple((k, round(1 - (1 - d) / fraction, 6)) for k, d in sc.ema)
     return replace(sc, vae_steps=0, ema=ema, depth=depth or sc.depth, **steps)
 
@@ -259,7 +259,7 @@ def run(out: str, scale: str = "full", ship: bool = False, skip_eval: bool = Fal
     """One pipeline run at ``scale`` (or at ``sc``, a :func:`variant` of it, which is
     never shipped)."""
     if ship and sc is not None:
-        raise ValueError("a curve point (--fraction / --depth) is not shipped: ship a run of a named scale")
+        raise ValueError(NOT_SHIPPED)
     from comfy_host.importer import import_comfy
 
     import_comfy()
@@ -362,13 +362,14 @@ def main(argv=None) -> int:
     sc = None
     tag = "" if a.scale == "full" else "-" + a.scale
     if a.fraction is not None or a.depth is not None:
+        fraction = 1.0 if a.fraction is None else a.fraction
         try:
-            sc = variant(a.scale, 1.0 if a.fraction is None else a.fraction, a.depth)
+            sc = variant(a.scale, fraction, a.depth)
         except ValueError as e:
             ap.error(str(e))
         if a.ship:
-            ap.error("a curve point (--fraction / --depth) is not shipped: ship a run of a named scale")
-        tag += f"-f{1.0 if a.fraction is None else a.fraction:g}-d{sc.depth}"
+            ap.error(NOT_SHIPPED)
+        tag += f"-f{fraction:g}-d{sc.depth}"
     out = a.out or os.path.join(ROOT, "build", "miniature" + tag)
     run(out, a.scale, a.ship, a.skip_eval, sc)
     return 0
