@@ -212,8 +212,9 @@ class LMMEncoder:
     def __init__(self, model, processor, folder: str = ""):
         self._text_cache: OrderedDict = OrderedDict()
         self.model = model
-        #: linear layers routed through oneDNN for prompt-sized CPU inputs (dream_engine_core/cpu_linear.py)
-        self.cpu_linear_layers = cpu_linear.install(model)
+        #: linear layers routed through oneDNN on the CPU, the language model's with packed
+        #: weights (dream_engine_core/cpu_linear.py)
+        self.cpu_linear_layers = cpu_linear.install(model, pack=model.model.language_model)
         processor.image_processor = pil_image_processor(processor.image_processor)
         self.processor = processor
         self.image_processor = processor.image_processor

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from . import cpu_linear
 from .adapter import Adapter, POOLINGS
 from .encoder import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE, EncodedStates,
                       LMMEncoder, check_aspect_ratio, to_pil)
@@ -140,6 +141,20 @@ class DreamEngine:
         check_adapter_lmm(adapter.spec, encoder.hidden_size, adapter_name)
         self.encoder = encoder
         self.adapter = adapter
+        #: the adapter's layers keep packed CPU weights too (dream_engine_core/cpu_linear.py)
+        cpu_linear.install(adapter, pack=adapter)
+
+    def set_cpu_linear(self, path: str | None = None) -> int:
+        """Put the LMM's and the adapter's linear layers on CPU path ``path`` (one of
+        ``cpu_linear.MODES``; default ``DREAM_ENGINE_CPU_LINEAR``); returns the LMM's layer
+        count on oneDNN. Packed copies of the previous path are dropped."""
+        cpu_linear.mode(path)  # an unknown path is refused before anything changes
+        model = self.encoder.model
+        cpu_linear.uninstall(model)
+        cpu_linear.uninstall(self.adapter)
+        self.encoder.cpu_linear_layers = cpu_linear.install(model, pack=model.model.language_model, path=path)
+        cpu_linear.install(self.adapter, pack=self.adapter, path=path)
+        return self.encoder.cpu_linear_layers
 
     @classmethod
     def load(cls, lmm_folder: str, adapter_path: str, dtype=torch.float32, device="cpu") -> "DreamEngine":

@@ -10,7 +10,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..dream_engine_core.cpu_linear import cpu_path_note
+from ..dream_engine_core.cpu_linear import cpu_path_note, packed_bytes
 from ..dream_engine_core.encoder import LMMEncoder, check_lmm_folder
 from ..dream_engine_core.encoder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SHORT_SIDE
 from ..dream_engine_core.engine import DreamEngine, EncodeOptions, PADDINGS, describe
@@ -159,7 +159,7 @@ class LoadDreamEngine(io.ComfyNode):
         log.info("Dream Engine: loaded %s + %s (%s map, %s, %s) in %.2fs", lmm, adapter, spec.kind, dt,
                  load_device, time.perf_counter() - t0)
         if mm.is_device_cpu(load_device):
-            note, slow = cpu_path_note(dt)
+            note, slow = cpu_path_note(dt, packed_bytes(encoder.model))
             (log.warning if slow else log.info)("Dream Engine: %s", note)
         return io.NodeOutput(handle, out_model)
 

@@ -156,8 +156,8 @@ def _peer_forward(eng, variants, opts, n_tokens, repeats, warm, size) -> dict:
     call the language model's forward, as anyone could write it in ten lines
     (``model.model.language_model(input_ids=ids).last_hidden_state``). It runs on the same
     loaded weights (the pack's model is transformers' own ``Qwen2VLForConditionalGeneration``
-    from ``from_pretrained``, its linear layers put back to ``nn.Linear`` while it runs), with the
-    same prompt variants."""
+    from ``from_pretrained``, its linear layers put back to ``nn.Linear`` while it runs and the
+    packed copies dropped), with the same prompt variants."""
     from dream_engine_core.prompt import build_task_inputs
 
     lm = eng.encoder.model.model.language_model
@@ -171,14 +171,11 @@ def _peer_forward(eng, variants, opts, n_tokens, repeats, warm, size) -> dict:
             h = lm(input_ids=ids).last_hidden_state
         assert h.shape[1] == n_tokens, f"plain transformers saw {h.shape[1]} tokens, the pack {n_tokens}"
 
-    from dream_engine_core import cpu_linear
-
-    n = cpu_linear.uninstall(eng.encoder.model)  # transformers' nn.Linear as it ships, not the pack's CPU path
+    eng.set_cpu_linear("blas")  # transformers' nn.Linear as it ships, not the pack's CPU path
     try:
         t = timeit(forward, repeats=repeats, min_warmup=warm[0], max_warmup=warm[1], between=lambda: calibrate(size))
     finally:
-        if n:
-            cpu_linear.install(eng.encoder.model)
+        eng.set_cpu_linear()
     return {"tokens": n_tokens, "call": "model.model.language_model(input_ids=ids).last_hidden_state", "time": t}
 
 
