@@ -42,8 +42,8 @@ PATHS = ("packed", "onednn", "blas")
 
 
 def ab(eng, prompt, images, repeats: int, paths=PATHS) -> dict:
-    """Encode ``prompt`` on each CPU path in turn (``DreamEngine.set_cpu_linear``), one
-    warm-up round then ``repeats`` rounds; times, medians, speed-ups over ``blas`` and the
+    """Encode ``prompt`` on each CPU path in turn (``DreamEngine.set_cpu_linear``, then one
+    untimed encode), one warm-up round then ``repeats`` rounds; times, medians, speed-ups over ``blas`` and the
     largest difference of each path's tokens from ``blas``'s. The environment's path is put
     back at the end."""
     times = {p: [] for p in paths}
@@ -52,9 +52,8 @@ def ab(eng, prompt, images, repeats: int, paths=PATHS) -> dict:
         for rnd in range(repeats + 1):
             got = {}
             for path in paths:
-                eng.set_cpu_linear(path)
-                if rnd == 0:
-                    eng.encode(prompt, images)  # the packed copies are made here, outside the timing
+                eng.set_cpu_linear(path)  # drops the packed copies: the untimed encode makes them again
+                eng.encode(prompt, images)
                 t = time.perf_counter()
                 pos, neg = eng.encode(prompt, images)
                 dt = time.perf_counter() - t
