@@ -135,7 +135,9 @@ class OneDNNLinear(torch.nn.Linear):
                 and (w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and bf16_native()))
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             return None
-        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+        # an inference tensor (a weight loaded under inference mode, as ComfyUI runs nodes)
+        # keeps no version counter: its storage identifies it
+        key = (w.data_ptr(), 0 if w.is_inference() else w._version, w.dtype, tuple(w.shape))
         held = self.__dict__.get("_dream_packed")
         if held is not None and held[0] == key:
             return held[1]

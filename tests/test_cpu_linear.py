@@ -211,3 +211,19 @@ def test_the_ab_benchmark_puts_the_layers_back(fresh_engine):
     assert all(len(v) == 1 for v in r["seconds"].values()) and set(r["seconds"]) == {"packed", "onednn", "blas"}
     assert r["max_abs_diff"]["blas"] == 0
     assert max(r["max_abs_diff"].values()) <= 1e-5 * max(r["max_abs"], 1.0)
+
+
+def test_weights_loaded_under_inference_mode_are_packed():
+    """ComfyUI runs nodes under inference mode, so the adapter it loads has inference
+    tensors, which keep no version counter: the copy is keyed on their storage."""
+    with torch.inference_mode():
+        lin = torch.nn.Linear(32, 16)
+    assert lin.weight.is_inference()
+    assert cpu_linear.install(lin, pack=lin) == 1
+    x = torch.randn(5, 32)
+    c0 = dict(cpu_linear.calls)
+    with torch.inference_mode():
+        want = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        for _ in range(2):
+            torch.testing.assert_close(lin(x), want, rtol=0, atol=1e-5)
+    assert _delta(c0) == {"pack": 1, "packed": 2}
