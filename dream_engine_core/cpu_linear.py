@@ -7,7 +7,9 @@ rows that re-layout costs about as much as the product itself. oneDNN's linear o
 (``torch.ops.mkldnn._linear_pointwise``) also takes a weight already in its blocked layout
 (``torch.ops.mkldnn._reorder_linear_weight``, the layout PyTorch's own compiler keeps for
 frozen CPU models); this module keeps that packed copy of each language-model layer between
-prompts and makes it again whenever the weight is replaced, moved, cast or edited in place.
+prompts and makes it again whenever the weight is replaced, moved, cast or edited in place
+(a weight created under inference mode, as ComfyUI loads models, keeps no version counter:
+after editing one of those in place, call :func:`release`; the pack never does).
 
 Paths, by ``DREAM_ENGINE_CPU_LINEAR`` (read at each load):
 
