@@ -35,7 +35,7 @@ log = logging.getLogger("dream_engine")
 _TORCHVISION_LIB = None
 #: oldest supported transformers (major, minor) and the newest release tested.
 TRANSFORMERS_MIN = (4, 57)
-TRANSFORMERS_TESTED_MAX = (5, 24)
+TRANSFORMERS_TESTED_MAX = (5, 25)
 TRANSFORMERS_REQUIREMENT = "transformers>=4.57"
 _warned_untested = False
 
